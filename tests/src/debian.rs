@@ -1,0 +1,136 @@
+//! Debian packages: install what is missing, ask versions, fetch .debs.
+//!
+//! Every command that needs a package calls [`ensure_installed`] first, so a
+//! fresh Debian 12 machine needs no manual setup beyond Rust.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Once;
+
+use anyhow::{bail, Context};
+
+/// The installed version of `package`, if it is installed.
+pub fn installed_version(package: &str) -> Option<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}|${Version}", package])
+        .output()
+        .ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let (status, version) = text.split_once('|')?;
+    (status.ends_with(" installed") && !version.is_empty()).then(|| version.to_string())
+}
+
+static APT_UPDATE: Once = Once::new();
+
+fn apt_update() {
+    APT_UPDATE.call_once(|| {
+        eprintln!("husk: apt-get update");
+        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
+    });
+}
+
+/// Installs every package in `packages` that is not installed yet.
+pub fn ensure_installed(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| installed_version(p).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    apt_update();
+    eprintln!("husk: installing Debian packages: {}", missing.join(" "));
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("cannot run apt-get (husk's setup needs root on Debian 12)")?;
+    if !status.success() {
+        bail!("apt-get install {} failed: {status}", missing.join(" "));
+    }
+    Ok(())
+}
+
+/// The candidate version apt would install for `package`.
+pub fn candidate_version(package: &str) -> anyhow::Result<String> {
+    let mut lookup = || -> anyhow::Result<Option<String>> {
+        let out = Command::new("apt-cache")
+            .args(["policy", package])
+            .output()
+            .context("cannot run apt-cache")?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        Ok(text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Candidate: "))
+            .filter(|v| *v != "(none)")
+            .map(str::to_string))
+    };
+    if let Some(v) = lookup()? {
+        return Ok(v);
+    }
+    apt_update();
+    lookup()?.with_context(|| format!("apt knows no candidate for {package}"))
+}
+
+/// The first dependency of `package` that names a versioned package whose
+/// name starts with `prefix` (e.g. linux-image-cloud-amd64 →
+/// linux-image-6.1.0-NN-cloud-amd64).
+pub fn versioned_dependency(package: &str, prefix: &str) -> anyhow::Result<String> {
+    apt_update_if_unknown(package)?;
+    let out = Command::new("apt-cache")
+        .args(["depends", package])
+        .output()
+        .context("cannot run apt-cache depends")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .map(|d| d.trim().to_string())
+        .find(|d| d.starts_with(prefix))
+        .with_context(|| format!("{package} has no dependency starting with {prefix}"))
+}
+
+fn apt_update_if_unknown(package: &str) -> anyhow::Result<()> {
+    candidate_version(package).map(|_| ())
+}
+
+/// Downloads `package`'s .deb into `dir` (without installing it) and
+/// returns its path.
+pub fn download(package: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    apt_update_if_unknown(package)?;
+    let status = Command::new("apt-get")
+        .args(["download", "-qq", package])
+        .current_dir(dir)
+        .status()
+        .context("cannot run apt-get download")?;
+    if !status.success() {
+        bail!("apt-get download {package} failed: {status}");
+    }
+    let deb = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
+        })
+        .with_context(|| format!("apt-get download left no {package}_*.deb in {dir:?}"))?;
+    Ok(deb)
+}
+
+/// Unpacks a .deb's files into `dest` (dpkg -x).
+pub fn unpack(deb: &Path, dest: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dest)?;
+    let status = Command::new("dpkg")
+        .arg("-x")
+        .arg(deb)
+        .arg(dest)
+        .status()
+        .context("cannot run dpkg -x")?;
+    if !status.success() {
+        bail!("dpkg -x {deb:?} failed: {status}");
+    }
+    Ok(())
+}
