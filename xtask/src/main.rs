@@ -2,6 +2,10 @@
 
 mod cache;
 mod cmd;
+mod guest;
+mod initramfs;
+mod kernel;
+mod static_bin;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +24,11 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Guest => Ok(()),
+        Command::Guest => {
+            let image = guest::build()?;
+            println!("vmlinux   {}", image.vmlinux.display());
+            println!("initramfs {}", image.initramfs.display());
+            Ok(())
+        }
     }
 }

@@ -1,0 +1,19 @@
+//! `cargo xtask guest`: the guest kernel and the agent's initramfs.
+
+use std::path::PathBuf;
+
+use crate::{initramfs, kernel, static_bin};
+
+/// The two files a VMM needs to boot a husk guest.
+pub struct GuestImage {
+    pub vmlinux: PathBuf,
+    pub initramfs: PathBuf,
+}
+
+/// Builds (or reuses) the kernel and the initramfs.
+pub fn build() -> anyhow::Result<GuestImage> {
+    let vmlinux = kernel::build()?;
+    let agent = static_bin::build("husk-agent", "husk-agent")?;
+    let initramfs = initramfs::build(&agent)?;
+    Ok(GuestImage { vmlinux, initramfs })
+}
