@@ -1,1 +1,4 @@
-//! Placeholder: filled by the agent client work.
+//! husk: a Kubernetes CRI runtime that runs every pod in its own KVM
+//! microVM. At this stage the library holds the client of the guest agent.
+
+pub mod agent_client;

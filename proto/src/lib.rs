@@ -1,1 +1,24 @@
-//! Placeholder: filled by the agent API work.
+//! The versioned host <-> guest agent API (`agent.proto`), shared by the
+//! host's client and husk-agent's server so both agree on limits and ports.
+
+/// Generated from `agent.proto`.
+pub mod agent {
+    /// `husk.agent.v1`: additive changes only (see `agent.proto`).
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all, clippy::pedantic)]
+        tonic::include_proto!("husk.agent.v1");
+    }
+}
+
+/// Revision of `husk.agent.v1` implemented by this build. Bump it with every
+/// additive change to `agent.proto`; Health reports it so the host can tell
+/// which calls an agent understands.
+pub const API_VERSION: u32 = 1;
+
+/// The AF_VSOCK port the agent listens on inside the guest.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// Largest gRPC message either side encodes or accepts (4 MiB). Bounds the
+/// memory a misbehaving peer can make the other side allocate; set as both
+/// the max decoding and max encoding size on client and server.
+pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;

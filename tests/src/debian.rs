@@ -55,7 +55,7 @@ pub fn ensure_installed(packages: &[&str]) -> anyhow::Result<()> {
 
 /// The candidate version apt would install for `package`.
 pub fn candidate_version(package: &str) -> anyhow::Result<String> {
-    let mut lookup = || -> anyhow::Result<Option<String>> {
+    let lookup = || -> anyhow::Result<Option<String>> {
         let out = Command::new("apt-cache")
             .args(["policy", package])
             .output()
@@ -101,7 +101,8 @@ pub fn download(package: &str, dir: &Path) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     apt_update_if_unknown(package)?;
     let status = Command::new("apt-get")
-        .args(["download", "-qq", package])
+        // The cache folder is root's; apt's `_apt` sandbox user can't write it.
+        .args(["download", "-qq", "-o", "APT::Sandbox::User=root", package])
         .current_dir(dir)
         .status()
         .context("cannot run apt-get download")?;

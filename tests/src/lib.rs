@@ -1,19 +1,14 @@
 //! Test infrastructure shared by `cargo xtask` and the integration tests.
 //!
+//! - [`artifacts`]: the build outputs rig runs need, and their paths.
+//! - [`cache`]: the content-keyed build cache outside the clone.
 //! - [`debian`]: installs and fetches the Debian packages the project needs.
+//! - [`stats`]: medians and percentiles for benchmark lines.
 //! - [`rig`]: runs a command in the nested KVM test host (or natively where
 //!   the host's KVM can boot Linux).
 
+pub mod artifacts;
+pub mod cache;
 pub mod debian;
-
-use std::path::PathBuf;
-
-/// Root of husk's cache, outside any clone: `$HUSK_CACHE_DIR`, else
-/// `$HOME/.cache/husk`.
-pub fn cache_root() -> PathBuf {
-    if let Some(dir) = std::env::var_os("HUSK_CACHE_DIR") {
-        return PathBuf::from(dir);
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    PathBuf::from(home).join(".cache").join("husk")
-}
+pub mod rig;
+pub mod stats;

@@ -1,11 +1,15 @@
 //! `cargo xtask`: the project's own commands.
 
+mod bench;
 mod cache;
 mod cmd;
+mod demo;
 mod guest;
 mod initramfs;
 mod kernel;
+mod rig;
 mod static_bin;
+mod test;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +24,41 @@ struct Cli {
 enum Command {
     /// Build the guest: kernel (vmlinux) and initramfs (husk-agent as /init).
     Guest,
+    /// Run a shell command in the nested KVM rig (natively where this host's
+    /// KVM can boot Linux), with the guest image and in-rig programs under
+    /// $HUSK_RIG_DIR. Exits with the command's status.
+    Rig {
+        /// Don't build the guest and in-rig programs (checks the rig alone).
+        #[arg(long)]
+        bare: bool,
+        /// Whole-run deadline in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// The command line to run.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// The main job: build everything and boot a husk microVM guest, talking
+    /// to its agent over vsock (in the nested rig unless this host's KVM can
+    /// boot Linux).
+    Demo,
+    /// Run every check CI runs: fmt, clippy, unit, integration and rig tests.
+    Test,
+    /// Benchmarks that print figures.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Boot the guest N times per VMM in one rig run; prints
+    /// `boot <vmm> median_ms=.. p95_ms=.. rss_mib=.. runs=..` per VMM.
+    Boot {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +69,22 @@ fn main() -> anyhow::Result<()> {
             println!("initramfs {}", image.initramfs.display());
             Ok(())
         }
+        Command::Rig {
+            bare,
+            timeout,
+            command,
+        } => {
+            let options = husk_tests::rig::Options {
+                timeout: std::time::Duration::from_secs(timeout),
+                ..Default::default()
+            };
+            let run = rig::run(&command.join(" "), bare, &options)?;
+            std::process::exit(run.exit_code);
+        }
+        Command::Demo => demo::run(),
+        Command::Test => test::run(),
+        Command::Bench {
+            which: Bench::Boot { runs },
+        } => bench::boot(runs),
     }
 }

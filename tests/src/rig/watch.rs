@@ -1,0 +1,144 @@
+//! Watching a running command's combined output against a deadline, for
+//! both rig modes: the command runs inside a wrapper that prints
+//! [`START_MARKER`] before it and `HUSK-RIG-EXIT <status>` after it.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::Child;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::console::{classify, tail, Line, START_MARKER};
+use super::{Mode, Options, RigError, RigRun};
+
+/// Shell text that runs the command file and reports its status; both
+/// modes run it from the payload folder as [`super::RUNNER_FILE`].
+pub fn wrapper() -> String {
+    format!(
+        "echo {START_MARKER}\nsh {} </dev/null 2>&1\necho \"HUSK-RIG-EXIT $?\"\n",
+        super::COMMAND_FILE
+    )
+}
+
+/// How long the rig may take to shut down after the command reported.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Reads `child`'s stdout (and stderr) until the exit marker, then lets the
+/// child end; kills it on the deadline.
+pub fn watch(
+    mut child: Child,
+    mode: Mode,
+    command: &str,
+    options: &Options,
+) -> Result<RigRun, RigError> {
+    let started = Instant::now();
+    let deadline = started + options.timeout;
+    let (tx, rx) = mpsc::channel::<String>();
+    let mut readers = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        readers.push(spawn_reader(out, tx.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.push(spawn_reader(err, tx.clone()));
+    }
+    drop(tx);
+
+    let mut transcript = String::new();
+    let mut output = String::new();
+    let mut startup = None;
+    let mut exit_code = None;
+    loop {
+        let now = Instant::now();
+        let limit = match exit_code {
+            Some(_) => deadline.min(now + SHUTDOWN_GRACE),
+            None => deadline,
+        };
+        let wait = limit.saturating_duration_since(now);
+        match rx.recv_timeout(wait) {
+            Ok(raw) => {
+                if !is_noise(&raw) {
+                    transcript.push_str(&raw);
+                    transcript.push('\n');
+                }
+                match classify(&raw) {
+                    Line::Start => startup = Some(started.elapsed()),
+                    Line::Exit(code) if startup.is_some() => exit_code = Some(code),
+                    Line::Exit(_) => {
+                        // The rig itself failed before the command began.
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        return Err(RigError::HostFailed {
+                            tail: tail(&transcript, 40),
+                        });
+                    }
+                    Line::Output(line) => {
+                        if options.echo && !is_noise(line) {
+                            eprintln!("{line}");
+                        }
+                        if startup.is_some() && exit_code.is_none() {
+                            output.push_str(line);
+                            output.push('\n');
+                        }
+                    }
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                if exit_code.is_some() {
+                    break; // reported, but did not shut down in time
+                }
+                return Err(RigError::Timeout {
+                    command: command.to_string(),
+                    timeout: options.timeout,
+                    tail: tail(&transcript, 40),
+                });
+            }
+        }
+    }
+    let _ = child.wait();
+    for reader in readers {
+        let _ = reader.join();
+    }
+    match exit_code {
+        Some(exit_code) => Ok(RigRun {
+            mode,
+            output,
+            exit_code,
+            startup: startup.unwrap_or_default(),
+            total: started.elapsed(),
+        }),
+        None => Err(RigError::NoExitStatus {
+            tail: tail(&transcript, 40),
+        }),
+    }
+}
+
+fn spawn_reader<R: Read + Send + 'static>(
+    source: R,
+    tx: mpsc::Sender<String>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut reader = BufReader::new(source);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf);
+                    let line = line.trim_end_matches(['\n', '\r']).to_string();
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// QEMU's TCG lists every CPUID feature of the emulated EPYC it cannot
+/// provide, twice per start; none of them matter to the rig.
+fn is_noise(line: &str) -> bool {
+    line.contains("TCG doesn't support requested feature")
+}

@@ -1,0 +1,61 @@
+//! The rig itself: a command's output and exit status come back, and a run
+//! that overstays its deadline fails clearly.
+
+use std::time::Duration;
+
+use husk_tests::rig::{self, Mode, Options, Payload, RigError};
+
+fn options(timeout_secs: u64) -> Options {
+    Options {
+        timeout: Duration::from_secs(timeout_secs),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn command_output_and_exit_status_come_back() {
+    let payload = Payload::new().file(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/rig.rs"),
+        "data/source.rs",
+    );
+    let run = rig::run(
+        &payload,
+        "echo out-line; echo err-line >&2; head -c 12 \"$HUSK_RIG_DIR/data/source.rs\"; echo; \
+         test -c /dev/kvm && echo kvm-present; exit 7",
+        &options(300),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("rig mode {:?}, start-up {:?}", run.mode, run.startup);
+    assert_eq!(run.exit_code, 7, "output:\n{}", run.output);
+    assert!(!run.success());
+    let lines: Vec<&str> = run.output.lines().collect();
+    assert!(lines.contains(&"out-line"), "{lines:?}");
+    assert!(lines.contains(&"err-line"), "{lines:?}");
+    assert!(
+        lines.contains(&"//! The rig "),
+        "payload file not readable: {lines:?}"
+    );
+    assert!(
+        lines.contains(&"kvm-present"),
+        "no /dev/kvm where the command ran: {lines:?}"
+    );
+    if run.mode == Mode::Nested {
+        assert!(run.startup > Duration::ZERO);
+    }
+}
+
+#[test]
+fn a_command_past_its_deadline_is_a_timeout_error() {
+    let err = rig::run(&Payload::new(), "sleep 600", &options(15)).unwrap_err();
+    match err {
+        RigError::Timeout { timeout, .. } => assert_eq!(timeout, Duration::from_secs(15)),
+        other => panic!("expected a timeout, got: {other}"),
+    }
+}
+
+#[test]
+fn payload_paths_must_stay_inside_the_payload() {
+    let payload = Payload::new().file(file!(), "../escape.rs");
+    let err = rig::run(&payload, "true", &options(60)).unwrap_err();
+    assert!(err.to_string().contains("../escape.rs"), "{err}");
+}
