@@ -87,7 +87,15 @@ pub fn build() -> anyhow::Result<PathBuf> {
     let source = unpack_source(&tree, &version)?;
     let out = tree.join("build");
     fs::create_dir_all(&out)?;
-    configure(&source, &out, &fragment_path)?;
+    // Merge the very bytes the key was computed from, even if the file is
+    // edited meanwhile.
+    let merged_fragment = out.join("husk-fragment.config");
+    fs::write(&merged_fragment, &fragment)?;
+    eprintln!(
+        "husk: configuring the kernel: tinyconfig + {}",
+        fragment_path.display()
+    );
+    configure(&source, &out, &merged_fragment)?;
 
     let final_config = fs::read_to_string(out.join(".config"))
         .with_context(|| format!("kbuild left no .config in {out:?}"))?;
@@ -197,10 +205,6 @@ fn kbuild(source: &Path, out: &Path) -> Command {
 /// tinyconfig, our fragment on top, then olddefconfig, in `out/.config`.
 /// kconfig's chatter is shown only when a step fails.
 fn configure(source: &Path, out: &Path, fragment: &Path) -> anyhow::Result<()> {
-    eprintln!(
-        "husk: configuring the kernel: tinyconfig + {}",
-        fragment.display()
-    );
     cmd::output(kbuild(source, out).arg("tinyconfig"))?;
     let config = out.join(".config");
     cmd::output(
@@ -287,7 +291,7 @@ impl Drop for TreeLock {
 /// (value as written, quotes included), `None` for `# CONFIG_X is not set`.
 type Setting = Option<String>;
 
-/// Parses a config fragment into option → setting, in file order of names.
+/// Parses a config fragment into option → setting.
 /// Comments and blank lines are skipped; anything else that is not a
 /// setting, and an option set twice, is an error.
 fn parse_fragment(text: &str) -> anyhow::Result<BTreeMap<String, Setting>> {
