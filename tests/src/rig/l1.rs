@@ -414,6 +414,18 @@ kernel/drivers/vhost/vhost_vsock.ko: kernel/net/vmw_vsock/vmw_vsock_virtio_trans
     }
 
     #[test]
+    fn init_script_uses_the_names_the_host_side_writes() {
+        // The init is shell text, so it spells these out; this keeps the two
+        // sides from drifting apart.
+        for tag in [SYSTEM_DISK_TAG, PAYLOAD_DISK_TAG] {
+            assert!(L1_INIT.contains(&format!("/rig/probe/{tag} ")), "{tag}");
+        }
+        assert!(L1_INIT.contains(&format!("/rig/sys/{SYSTEM_DISK_TAG} ")));
+        assert!(L1_INIT.contains(&format!("/rig/run/{PAYLOAD_DISK_TAG} ")));
+        assert!(L1_INIT.contains(&format!("sh /rig/run/{}\n", super::super::RUNNER_FILE)));
+    }
+
+    #[test]
     fn host_paths_land_under_usr() {
         assert_eq!(
             system_disk_path(Path::new("/lib/x86_64-linux-gnu/libc.so.6")),
