@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use clap::Parser;
-use husk_proto::AGENT_VSOCK_PORT;
+use husk_proto::{AGENT_VSOCK_PORT, SHARED_DIR_GUEST_PATH};
 
-/// `husk-agent [--listen vsock:PORT | unix:PATH]`
+/// `husk-agent [--listen vsock:PORT | unix:PATH] [--shared-root DIR]`
 #[derive(Debug, Parser)]
 #[command(
     name = "husk-agent",
@@ -23,6 +23,12 @@ pub struct Cli {
         default_value_t = ListenAddr::Vsock(AGENT_VSOCK_PORT)
     )]
     pub listen: ListenAddr,
+    /// The only folder ReadFile and WriteFile may touch. In a VM it is
+    /// where the virtio-fs share is mounted; tests running the agent as an
+    /// ordinary process point it at a scratch folder. Hidden: not a knob
+    /// for production.
+    #[arg(long, value_name = "DIR", default_value = SHARED_DIR_GUEST_PATH, hide = true)]
+    pub shared_root: PathBuf,
 }
 
 /// An address the agent can listen on.
@@ -140,6 +146,13 @@ mod tests {
     fn default_is_vsock_1024() {
         let cli = Cli::try_parse_from(["husk-agent"]).unwrap();
         assert_eq!(cli.listen, ListenAddr::Vsock(1024));
+        assert_eq!(cli.shared_root, PathBuf::from("/run/husk/shared"));
+    }
+
+    #[test]
+    fn shared_root_is_settable() {
+        let cli = Cli::try_parse_from(["husk-agent", "--shared-root", "/tmp/s"]).unwrap();
+        assert_eq!(cli.shared_root, PathBuf::from("/tmp/s"));
     }
 
     #[test]

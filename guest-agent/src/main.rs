@@ -4,6 +4,7 @@
 //! tests exercise it without a VM.
 
 mod cli;
+mod files;
 mod listener;
 mod pid1;
 mod reaper;
@@ -108,8 +109,9 @@ async fn serve_until_stopped(cli: Cli, started: Instant, pid1: bool) -> Result<(
         watch_stop_signals(stop.clone())?;
     }
     let listener = listener::bind(&cli.listen)?;
+    let service = AgentService::new(started, stop, files::SharedFolder::new(cli.shared_root));
     announce_ready();
-    server::serve(listener, AgentService::new(started, stop), stop_rx).await?;
+    server::serve(listener, service, stop_rx).await?;
     Ok(())
 }
 

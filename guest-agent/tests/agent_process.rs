@@ -7,7 +7,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use husk::agent_client::AgentClient;
+use husk::agent_client::{AgentClient, AgentClientError};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_husk-agent");
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,8 +39,13 @@ struct Agent {
 
 impl Agent {
     fn start(listen: &str) -> Self {
+        Self::start_with(listen, &[])
+    }
+
+    fn start_with(listen: &str, extra: &[&str]) -> Self {
         let mut child = Command::new(AGENT)
             .args(["--listen", listen])
+            .args(extra)
             .stdout(Stdio::piped())
             .spawn()
             .expect("cannot start husk-agent");
@@ -140,4 +145,75 @@ fn bad_listen_values_fail_naming_the_flag() {
             "{bad}: must not print the ready line"
         );
     }
+}
+
+#[test]
+fn files_in_the_shared_root_round_trip_and_nothing_else_is_reachable() {
+    let scratch = Scratch::new("files");
+    let root = scratch.0.join("shared");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(scratch.0.join("secret"), b"host secret").unwrap();
+    std::os::unix::fs::symlink(scratch.0.join("secret"), root.join("escape")).unwrap();
+    std::fs::write(root.join("sub/from-host"), b"written by the host").unwrap();
+    let socket = scratch.0.join("agent.sock");
+    let root_arg = root.display().to_string();
+    let mut agent = Agent::start_with(
+        &format!("unix:{}", socket.display()),
+        &["--shared-root", &root_arg],
+    );
+    agent.wait_ready();
+    let in_root = |rel: &str| format!("{root_arg}/{rel}");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = AgentClient::connect_unix(&socket, Duration::from_secs(5))
+            .await
+            .expect("connect");
+        let data = client
+            .read_file(&in_root("sub/from-host"), 0)
+            .await
+            .expect("ReadFile");
+        assert_eq!(data, b"written by the host");
+
+        client
+            .write_file(&in_root("sub/from-agent"), b"written by the agent", 0o600)
+            .await
+            .expect("WriteFile");
+        assert_eq!(
+            std::fs::read(root.join("sub/from-agent")).unwrap(),
+            b"written by the agent"
+        );
+
+        let refused = [
+            (in_root("escape"), tonic::Code::PermissionDenied),
+            (in_root("../secret"), tonic::Code::InvalidArgument),
+            (
+                scratch.0.join("secret").display().to_string(),
+                tonic::Code::InvalidArgument,
+            ),
+            ("sub/from-host".to_owned(), tonic::Code::InvalidArgument),
+            (in_root("missing"), tonic::Code::NotFound),
+        ];
+        for (path, code) in refused {
+            match client.read_file(&path, 0).await {
+                Err(AgentClientError::Call { status, .. }) => {
+                    assert_eq!(status.code(), code, "{path}: {status:?}");
+                    assert!(status.message().contains(&path), "{path}: {status:?}");
+                }
+                other => panic!("{path}: expected {code:?}, got {other:?}"),
+            }
+        }
+        assert!(client
+            .write_file(&in_root("escape"), b"overwritten", 0)
+            .await
+            .is_err());
+        client.shutdown().await.expect("Shutdown");
+    });
+    assert_eq!(
+        std::fs::read(scratch.0.join("secret")).unwrap(),
+        b"host secret",
+        "a file outside the shared root was changed"
+    );
+    let status = agent.wait_exit(EXIT_TIMEOUT);
+    assert!(status.success(), "husk-agent exited with {status}");
 }

@@ -13,7 +13,9 @@ pub mod agent {
 /// Revision of `husk.agent.v1` implemented by this build. Bump it with every
 /// additive change to `agent.proto`; Health reports it so the host can tell
 /// which calls an agent understands.
-pub const API_VERSION: u32 = 1;
+///
+/// History: 1 Health, Shutdown; 2 ReadFile, WriteFile.
+pub const API_VERSION: u32 = 2;
 
 /// The AF_VSOCK port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
@@ -22,3 +24,17 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// memory a misbehaving peer can make the other side allocate; set as both
 /// the max decoding and max encoding size on client and server.
 pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+
+/// Most file content ReadFile returns or WriteFile accepts in one call
+/// (1 MiB): far below [`MAX_MESSAGE_SIZE`], so a reply always fits.
+pub const MAX_FILE_BYTES: usize = 1024 * 1024;
+
+/// Longest path ReadFile and WriteFile accept, in bytes (Linux's PATH_MAX).
+pub const MAX_PATH_BYTES: usize = 4096;
+
+/// Where the guest mounts the virtio-fs share the VMM exports with tag
+/// [`SHARED_DIR_TAG`]; ReadFile and WriteFile only touch files under it.
+pub const SHARED_DIR_GUEST_PATH: &str = "/run/husk/shared";
+
+/// The virtio-fs tag of the host folder shared with the guest.
+pub const SHARED_DIR_TAG: &str = "husk-shared";

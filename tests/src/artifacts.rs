@@ -12,11 +12,13 @@ use crate::rig::Payload;
 pub const ENV_VMLINUX: &str = "HUSK_GUEST_VMLINUX";
 pub const ENV_INITRAMFS: &str = "HUSK_GUEST_INITRAMFS";
 pub const ENV_BOOT_PROBE: &str = "HUSK_BOOT_PROBE";
+pub const ENV_HUSK_VMM: &str = "HUSK_VMM";
 
 /// Paths relative to `$HUSK_RIG_DIR` inside a rig run.
 pub const RIG_VMLINUX: &str = "guest/vmlinux";
 pub const RIG_INITRAMFS: &str = "guest/initramfs.cpio";
 pub const RIG_BOOT_PROBE: &str = "bin/husk-boot-probe";
+pub const RIG_HUSK_VMM: &str = "bin/husk-vmm";
 
 /// Built outputs of the workspace.
 #[derive(Debug, Clone)]
@@ -25,6 +27,8 @@ pub struct Artifacts {
     pub initramfs: PathBuf,
     /// Statically linked, so it runs in the rig's busybox L1 host.
     pub boot_probe: PathBuf,
+    /// Our VMM, statically linked for the same reason.
+    pub husk_vmm: PathBuf,
 }
 
 impl Artifacts {
@@ -45,6 +49,7 @@ impl Artifacts {
             vmlinux: get(ENV_VMLINUX)?,
             initramfs: get(ENV_INITRAMFS)?,
             boot_probe: get(ENV_BOOT_PROBE)?,
+            husk_vmm: get(ENV_HUSK_VMM)?,
         })
     }
 
@@ -54,6 +59,7 @@ impl Artifacts {
             (ENV_VMLINUX, self.vmlinux.clone()),
             (ENV_INITRAMFS, self.initramfs.clone()),
             (ENV_BOOT_PROBE, self.boot_probe.clone()),
+            (ENV_HUSK_VMM, self.husk_vmm.clone()),
         ]
     }
 
@@ -63,14 +69,17 @@ impl Artifacts {
             .file(&self.vmlinux, RIG_VMLINUX)
             .file(&self.initramfs, RIG_INITRAMFS)
             .file(&self.boot_probe, RIG_BOOT_PROBE)
+            .file(&self.husk_vmm, RIG_HUSK_VMM)
     }
 }
 
 /// The rig command line that boots our guest `runs` times under `vmm` with
-/// the boot probe.
+/// the boot probe. `vmm` is one VMM or a comma-separated list booted
+/// alternately (`qemu,husk-vmm`); husk-vmm is the payload's.
 pub fn boot_probe_command(vmm: &str, runs: usize, extra: &str) -> String {
     format!(
         "\"$HUSK_RIG_DIR/{RIG_BOOT_PROBE}\" --vmm {vmm} --runs {runs} \
-         --kernel \"$HUSK_RIG_DIR/{RIG_VMLINUX}\" --initrd \"$HUSK_RIG_DIR/{RIG_INITRAMFS}\" {extra}"
+         --kernel \"$HUSK_RIG_DIR/{RIG_VMLINUX}\" --initrd \"$HUSK_RIG_DIR/{RIG_INITRAMFS}\" \
+         --husk-vmm \"$HUSK_RIG_DIR/{RIG_HUSK_VMM}\" {extra}"
     )
 }

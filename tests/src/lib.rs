@@ -3,6 +3,7 @@
 //! - [`artifacts`]: the build outputs rig runs need, and their paths.
 //! - [`cache`]: the content-keyed build cache outside the clone.
 //! - [`debian`]: installs and fetches the Debian packages the project needs.
+//! - [`guest_memory`]: the guest's share of a VMM's RSS, for overhead figures.
 //! - [`stats`]: medians and percentiles for benchmark lines.
 //! - [`rig`]: runs a command in the nested KVM test host (or natively where
 //!   the host's KVM can boot Linux).
@@ -10,5 +11,6 @@
 pub mod artifacts;
 pub mod cache;
 pub mod debian;
+pub mod guest_memory;
 pub mod rig;
 pub mod stats;

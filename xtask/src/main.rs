@@ -53,8 +53,10 @@ enum Command {
 
 #[derive(Subcommand)]
 enum Bench {
-    /// Boot the guest N times per VMM in one rig run; prints
-    /// `boot <vmm> median_ms=.. p95_ms=.. rss_mib=.. runs=..` per VMM.
+    /// Boot the guest N times under QEMU and husk-vmm alternately in one
+    /// rig run; prints `boot <vmm> median_ms=.. p95_ms=.. rss_mib=..
+    /// overhead_mib=.. runs=.. config=..` per VMM, then
+    /// `ratio husk-vmm/qemu median=..`.
     Boot {
         #[arg(long, default_value_t = 5)]
         runs: usize,

@@ -11,10 +11,14 @@ use crate::{guest, static_bin};
 pub fn build_artifacts() -> anyhow::Result<Artifacts> {
     let image = guest::build()?;
     let boot_probe = static_bin::build("husk-tests", "husk-boot-probe")?;
+    // Static like the probe: the rig's L1 host has no dynamic loader setup
+    // for our programs.
+    let husk_vmm = static_bin::build("husk-vmm", "husk-vmm")?;
     Ok(Artifacts {
         vmlinux: image.vmlinux,
         initramfs: image.initramfs,
         boot_probe,
+        husk_vmm,
     })
 }
 

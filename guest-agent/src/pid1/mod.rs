@@ -4,6 +4,7 @@
 mod console;
 mod mounts;
 mod power;
+mod shared;
 
 use std::convert::Infallible;
 use std::fmt::Display;
@@ -27,11 +28,14 @@ pub fn is_pid1() -> bool {
     std::process::id() == 1
 }
 
-/// Mounts the API filesystems and points stdio at the console. Runs before
-/// any thread exists, so a failure here cannot race anything.
+/// Mounts the API filesystems, points stdio at the console, then mounts
+/// the shared folder if the VMM gives us one (after the console, so a
+/// failure there is reported). Runs before any thread exists, so a failure
+/// here cannot race anything.
 pub fn setup() -> Result<(), SetupError> {
     mounts::mount_all()?;
     console::attach()?;
+    shared::mount_if_present();
     Ok(())
 }
 

@@ -1,9 +1,9 @@
 //! How the host reaches an agent: one `dial` per kind of address, all
 //! yielding a boxed byte stream that tonic speaks HTTP/2 over.
 //!
-//! Adding the Firecracker-style hybrid vsock (a unix socket exposed by the
-//! VMM: write `CONNECT <port>\n`, read `OK <host port>\n`, then the stream
-//! is the guest's) is one more `AgentAddr` variant and one `dial_*` function.
+//! The Firecracker-style hybrid vsock that husk-vmm exposes (a unix socket:
+//! write `CONNECT <port>\n`, read `OK <host port>\n`, then the stream is the
+//! guest's) lives in [`hybrid`].
 
 use std::fmt;
 use std::future::Future;
@@ -18,6 +18,8 @@ use tokio::net::UnixStream;
 use tokio_vsock::{VsockAddr, VsockStream};
 use tonic::transport::Uri;
 
+use super::hybrid;
+
 /// Where an agent listens, as seen from the host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentAddr {
@@ -25,6 +27,10 @@ pub enum AgentAddr {
     Vsock { cid: u32, port: u32 },
     /// A unix socket the agent listens on directly (agent outside a VM).
     Unix(PathBuf),
+    /// The VMM's hybrid vsock: the unix socket `uds` that husk-vmm (like
+    /// Firecracker) forwards to the guest's vsock `port` after a
+    /// `CONNECT`/`OK` handshake. No vhost-vsock needed on the host.
+    HybridVsock { uds: PathBuf, port: u32 },
 }
 
 impl fmt::Display for AgentAddr {
@@ -32,6 +38,7 @@ impl fmt::Display for AgentAddr {
         match self {
             Self::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
             Self::Unix(path) => write!(f, "unix:{}", path.display()),
+            Self::HybridVsock { uds, port } => write!(f, "hvsock:{}:{port}", uds.display()),
         }
     }
 }
@@ -47,6 +54,7 @@ pub async fn dial(addr: &AgentAddr) -> io::Result<Box<dyn Io>> {
             Box::new(VsockStream::connect(VsockAddr::new(*cid, *port)).await?)
         }
         AgentAddr::Unix(path) => Box::new(UnixStream::connect(path).await?),
+        AgentAddr::HybridVsock { uds, port } => Box::new(hybrid::dial(uds, *port).await?),
     })
 }
 

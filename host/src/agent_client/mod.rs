@@ -3,6 +3,7 @@
 //! every call with a timeout.
 
 mod connector;
+mod hybrid;
 
 use std::error::Error as _;
 use std::future::Future;
@@ -10,12 +11,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use husk_proto::agent::v1::agent_client::AgentClient as RawClient;
-use husk_proto::agent::v1::{HealthRequest, ShutdownRequest};
-use husk_proto::MAX_MESSAGE_SIZE;
+use husk_proto::agent::v1::{HealthRequest, ReadFileRequest, ShutdownRequest, WriteFileRequest};
+use husk_proto::{MAX_FILE_BYTES, MAX_MESSAGE_SIZE};
 use tonic::transport::{Channel, Endpoint};
 
 pub use connector::AgentAddr;
 use connector::Connector;
+pub use hybrid::{HandshakeError, MAX_REPLY_BYTES};
 
 /// Default bound on one call (connecting excluded).
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,11 +47,20 @@ pub enum AgentClientError {
         addr: AgentAddr,
         timeout: Duration,
     },
+    #[error("agent call {call} to {addr}: {what} of {len} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        call: &'static str,
+        addr: AgentAddr,
+        what: &'static str,
+        len: usize,
+        limit: usize,
+    },
+    // The status is in the message, not a `#[source]`: an error-chain
+    // printer (anyhow's `{:#}`) would print it twice.
     #[error("agent call {call} to {addr} failed: {status}")]
     Call {
         call: &'static str,
         addr: AgentAddr,
-        #[source]
         status: tonic::Status,
     },
 }
@@ -95,6 +106,18 @@ impl AgentClient {
         Self::connect(AgentAddr::Unix(path.as_ref().to_owned()), deadline).await
     }
 
+    /// Connects to the agent on vsock `port` through the hybrid vsock socket
+    /// `uds` of husk-vmm, retrying until `deadline` has passed (the VMM
+    /// closes the stream until the guest listens).
+    pub async fn connect_hybrid_vsock(
+        uds: impl AsRef<Path>,
+        port: u32,
+        deadline: Duration,
+    ) -> Result<Self, AgentClientError> {
+        let uds = uds.as_ref().to_owned();
+        Self::connect(AgentAddr::HybridVsock { uds, port }, deadline).await
+    }
+
     /// Connects to `addr`, retrying failed attempts until `deadline`.
     pub async fn connect(addr: AgentAddr, deadline: Duration) -> Result<Self, AgentClientError> {
         let until = Instant::now() + deadline;
@@ -102,18 +125,12 @@ impl AgentClient {
         let endpoint = Endpoint::from_static("http://husk-agent");
         let mut backoff = FIRST_BACKOFF;
         let mut attempts = 0;
+        let mut last_error = String::new();
         loop {
-            attempts += 1;
             let remaining = until.saturating_duration_since(Instant::now());
-            let attempt = remaining.min(ATTEMPT_TIMEOUT);
-            let connecting = endpoint.connect_with_connector(Connector::new(addr.clone()));
-            let last_error = match tokio::time::timeout(attempt, connecting).await {
-                Ok(Ok(channel)) => return Ok(Self::from_channel(channel, addr)),
-                Ok(Err(e)) => error_chain(&e),
-                Err(_) => format!("attempt timed out after {attempt:?}"),
-            };
-            let remaining = until.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
+            // Past the deadline (the backoff sleep may end right on it):
+            // report the last real failure, not a zero-length attempt's.
+            if remaining.is_zero() && attempts > 0 {
                 return Err(AgentClientError::Connect {
                     addr,
                     deadline,
@@ -121,6 +138,15 @@ impl AgentClient {
                     last_error,
                 });
             }
+            attempts += 1;
+            let attempt = remaining.min(ATTEMPT_TIMEOUT);
+            let connecting = endpoint.connect_with_connector(Connector::new(addr.clone()));
+            last_error = match tokio::time::timeout(attempt, connecting).await {
+                Ok(Ok(channel)) => return Ok(Self::from_channel(channel, addr)),
+                Ok(Err(e)) => error_chain(&e),
+                Err(_) => format!("attempt timed out after {attempt:?}"),
+            };
+            let remaining = until.saturating_duration_since(Instant::now());
             tokio::time::sleep(backoff.min(remaining)).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -171,6 +197,66 @@ impl AgentClient {
         Ok(())
     }
 
+    /// Reads the whole regular file `path` (absolute, under the guest's
+    /// shared folder) if it holds at most `max_bytes` (0: the 1 MiB limit).
+    /// Needs an agent with API version 2 or later.
+    pub async fn read_file(&self, path: &str, max_bytes: u32) -> Result<Vec<u8>, AgentClientError> {
+        let mut raw = self.raw.clone();
+        let request = self.request(ReadFileRequest {
+            path: path.to_owned(),
+            max_bytes,
+        });
+        let reply = self.bounded("ReadFile", raw.read_file(request)).await?;
+        // Trust but verify: the agent must honour our bound.
+        let limit = match max_bytes {
+            0 => MAX_FILE_BYTES,
+            n => n as usize,
+        };
+        if reply.data.len() > limit {
+            return Err(self.too_large("ReadFile", "reply data", reply.data.len(), limit));
+        }
+        Ok(reply.data)
+    }
+
+    /// Creates or replaces the regular file `path` (absolute, under the
+    /// guest's shared folder) with `data` (≤ 1 MiB) and permission bits
+    /// `mode` (0: 0o644). Needs an agent with API version 2 or later.
+    pub async fn write_file(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: u32,
+    ) -> Result<(), AgentClientError> {
+        // Checked here too, so a caller gets a clear error without a call.
+        if data.len() > MAX_FILE_BYTES {
+            return Err(self.too_large("WriteFile", "data", data.len(), MAX_FILE_BYTES));
+        }
+        let mut raw = self.raw.clone();
+        let request = self.request(WriteFileRequest {
+            path: path.to_owned(),
+            data: data.to_vec(),
+            mode,
+        });
+        self.bounded("WriteFile", raw.write_file(request)).await?;
+        Ok(())
+    }
+
+    fn too_large(
+        &self,
+        call: &'static str,
+        what: &'static str,
+        len: usize,
+        limit: usize,
+    ) -> AgentClientError {
+        AgentClientError::TooLarge {
+            call,
+            addr: self.addr.clone(),
+            what,
+            len,
+            limit,
+        }
+    }
+
     /// A request carrying our timeout, so the agent can give up too.
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
@@ -217,10 +303,14 @@ fn error_chain(e: &tonic::transport::Error) -> String {
 mod tests {
     use super::*;
     use husk_proto::agent::v1::agent_server::{Agent, AgentServer};
-    use husk_proto::agent::v1::{HealthResponse, ShutdownResponse};
+    use husk_proto::agent::v1::{
+        HealthResponse, ReadFileResponse, ShutdownResponse, WriteFileResponse,
+    };
     use std::path::PathBuf;
-    use tokio::net::UnixListener;
-    use tokio_stream::wrappers::UnixListenerStream;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{UnixListener, UnixStream};
+    use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
 
     /// An agent stand-in whose Health takes `delay`.
     struct FakeAgent {
@@ -247,6 +337,35 @@ mod tests {
             _: tonic::Request<ShutdownRequest>,
         ) -> Result<tonic::Response<ShutdownResponse>, tonic::Status> {
             Err(tonic::Status::permission_denied("not today"))
+        }
+
+        /// Echoes the request back as `<path>:<max_bytes>`, ignoring the
+        /// bound (so a test can see the client enforce it).
+        async fn read_file(
+            &self,
+            request: tonic::Request<ReadFileRequest>,
+        ) -> Result<tonic::Response<ReadFileResponse>, tonic::Status> {
+            let r = request.into_inner();
+            if r.path.contains("missing") {
+                return Err(tonic::Status::not_found(format!(
+                    "{}: no such file",
+                    r.path
+                )));
+            }
+            Ok(tonic::Response::new(ReadFileResponse {
+                data: format!("{}:{}", r.path, r.max_bytes).into_bytes(),
+            }))
+        }
+
+        async fn write_file(
+            &self,
+            request: tonic::Request<WriteFileRequest>,
+        ) -> Result<tonic::Response<WriteFileResponse>, tonic::Status> {
+            let r = request.into_inner();
+            if r.mode != 0o600 || r.data != b"payload" || r.path != "/run/husk/shared/w" {
+                return Err(tonic::Status::invalid_argument(format!("unexpected {r:?}")));
+            }
+            Ok(tonic::Response::new(WriteFileResponse {}))
         }
     }
 
@@ -284,6 +403,149 @@ mod tests {
                 .await
                 .unwrap();
         });
+    }
+
+    /// What a fake husk-vmm saw on its hybrid vsock socket.
+    #[derive(Debug, Default)]
+    struct VmmLog {
+        requests: Vec<String>,
+    }
+
+    /// Reads the `CONNECT` line, one byte at a time like a VMM must.
+    async fn request_line(stream: &mut UnixStream) -> String {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while stream.read(&mut b).await.unwrap_or(0) == 1 && b[0] != b'\n' {
+            line.push(b[0]);
+        }
+        String::from_utf8_lossy(&line).into_owned()
+    }
+
+    /// A fake husk-vmm on `path`: the first `refuse` connections are closed
+    /// after their request (the guest is not listening yet); later ones get
+    /// `OK` and are handed to a FakeAgent, as if the guest accepted them.
+    fn fake_vmm(path: &Path, refuse: usize) -> Arc<Mutex<VmmLog>> {
+        let log = Arc::new(Mutex::new(VmmLog::default()));
+        let listener = UnixListener::bind(path).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<UnixStream>>(4);
+        let seen = log.clone();
+        tokio::spawn(async move {
+            let mut n = 0;
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let line = request_line(&mut s).await;
+                seen.lock().unwrap().requests.push(line);
+                n += 1;
+                if n <= refuse {
+                    continue; // dropped: closed without an answer
+                }
+                s.write_all(b"OK 1073741824\n").await.unwrap();
+                if tx.send(Ok(s)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(AgentServer::new(FakeAgent {
+                    delay: Duration::ZERO,
+                }))
+                .serve_with_incoming(ReceiverStream::new(rx))
+                .await
+                .unwrap();
+        });
+        log
+    }
+
+    #[tokio::test]
+    async fn hybrid_vsock_retries_until_the_guest_listens_then_serves_calls() {
+        let scratch = Scratch::new("hvsock");
+        let uds = scratch.socket();
+        let log = fake_vmm(&uds, 3);
+        let client = AgentClient::connect_hybrid_vsock(&uds, 1024, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(
+            client.addr(),
+            &AgentAddr::HybridVsock {
+                uds: uds.clone(),
+                port: 1024
+            }
+        );
+        assert_eq!(client.health().await.unwrap().agent_version, "9.9.9");
+        let requests = log.lock().unwrap().requests.clone();
+        assert_eq!(requests.len(), 4, "3 refused, 1 accepted: {requests:?}");
+        assert!(requests.iter().all(|r| r == "CONNECT 1024"), "{requests:?}");
+    }
+
+    #[tokio::test]
+    async fn hybrid_vsock_gives_up_at_the_deadline_on_garbage() {
+        let scratch = Scratch::new("hvgarbage");
+        let uds = scratch.socket();
+        let listener = UnixListener::bind(&uds).unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                request_line(&mut s).await;
+                let _ = s.write_all(b"NOPE\n").await;
+            }
+        });
+        let started = Instant::now();
+        let err = AgentClient::connect_hybrid_vsock(&uds, 1024, Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("hvsock:{}:1024", uds.display())),
+            "{text}"
+        );
+        assert!(text.contains("\"NOPE\""), "{text}");
+        match err {
+            AgentClientError::Connect { attempts, .. } => assert!(attempts > 1),
+            other => panic!("expected a Connect error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn file_calls_carry_their_fields_and_bounds() {
+        let scratch = Scratch::new("files");
+        let path = scratch.socket();
+        serve_later(path.clone(), Duration::ZERO, Duration::ZERO);
+        let client = AgentClient::connect_unix(&path, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(client.read_file("/x", 100).await.unwrap(), b"/x:100");
+        assert_eq!(client.read_file("/x", 0).await.unwrap(), b"/x:0");
+        client
+            .write_file("/run/husk/shared/w", b"payload", 0o600)
+            .await
+            .unwrap();
+        match client.read_file("/missing", 1).await {
+            Err(AgentClientError::Call { call, status, .. }) => {
+                assert_eq!(call, "ReadFile");
+                assert_eq!(status.code(), tonic::Code::NotFound);
+            }
+            other => panic!("expected NotFound, got {other:?}"),
+        }
+        // The fake ignores the bound: 5 bytes for a bound of 2 are caught.
+        assert!(matches!(
+            client.read_file("/ab", 2).await,
+            Err(AgentClientError::TooLarge {
+                call: "ReadFile",
+                len: 5,
+                limit: 2,
+                ..
+            })
+        ));
+        let big = vec![0u8; MAX_FILE_BYTES + 1];
+        assert!(matches!(
+            client.write_file("/run/husk/shared/w", &big, 0).await,
+            Err(AgentClientError::TooLarge {
+                call: "WriteFile",
+                ..
+            })
+        ));
     }
 
     #[tokio::test]
@@ -368,5 +630,10 @@ mod tests {
             "vsock:3:1024"
         );
         assert_eq!(AgentAddr::Unix("/a/b".into()).to_string(), "unix:/a/b");
+        let hybrid = AgentAddr::HybridVsock {
+            uds: "/run/vm/vsock.sock".into(),
+            port: 1024,
+        };
+        assert_eq!(hybrid.to_string(), "hvsock:/run/vm/vsock.sock:1024");
     }
 }
