@@ -204,6 +204,7 @@ mod tests {
         assert!(err.contains("not an ELF"), "{err}");
         let missing = load_kernel(&memory(16), Path::new("/nonexistent/vmlinux")).unwrap_err();
         assert!(missing.to_string().contains("/nonexistent/vmlinux"));
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
@@ -222,6 +223,7 @@ mod tests {
             load_initrd(&mem, &path, (32 << 20) - 100),
             Err(Error::InitrdTooLarge { .. })
         ));
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub enum Error {
         what: &'static str,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::Error),
     #[error("event loop: {0}")]
     EventLoop(String),
 }
@@ -169,8 +171,15 @@ impl Vmm {
     /// Loads kernel and initrd, writes boot structures, creates the vCPUs
     /// and starts them.
     pub fn boot(&mut self, config: &VmConfig) -> Result<Vec<std::thread::JoinHandle<()>>, Error> {
+        let started = Instant::now();
         let kernel = boot::load_kernel(&self.mem, &config.kernel)?;
         let initrd = boot::load_initrd(&self.mem, &config.initrd, kernel.end)?;
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            kernel_end = format_args!("{:#x}", kernel.end),
+            initrd_bytes = initrd.size,
+            "guest software loaded"
+        );
         let devices: Vec<_> = self
             .virtio
             .iter()
@@ -189,6 +198,14 @@ impl Vmm {
             }
             vcpus.push(vcpu);
         }
+        // Setup is over: from here on the process only serves the guest,
+        // so what it must never do is enforced before the guest runs.
+        crate::seccomp::install()?;
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            vcpus = config.vcpus,
+            "starting vCPUs"
+        );
         self.start_vcpus(vcpus)
     }
 
@@ -232,6 +249,7 @@ impl Vmm {
 
 /// Boots and runs the VM described by `config`.
 pub fn run(config: &VmConfig) -> Result<ExitReason, Error> {
+    let started = Instant::now();
     config.validate()?;
     let console = match &config.console {
         Some(path) => ConsoleSink::file(path).map_err(|source| Error::Console {
@@ -241,6 +259,10 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, Error> {
         None => ConsoleSink::stdout(),
     };
     let mut vmm = Vmm::new(config.memory_bytes(), console)?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "VM and legacy devices created"
+    );
     // The vsock socket is created first: virtio-fs's passthrough sets the
     // process umask to 0 when it opens the shared folder.
     let vsock = husk_vsock::Vsock::new(config.cid, config.vsock_uds.clone())
@@ -252,6 +274,10 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, Error> {
             husk_virtiofs::Fs::new(SHARED_DIR_TAG, dir).map_err(|e| Error::Fs(e.to_string()))?;
         vmm.add_virtio_device(Arc::new(Mutex::new(fs)))?;
     }
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "virtio devices created"
+    );
     let _vcpus = vmm.boot(config)?;
     let reason = vmm.run_until_exit()?;
     // The guest's last words (e.g. the agent's reply to Shutdown) may still

@@ -164,6 +164,7 @@ mod tests {
         let c = config(&dir);
         assert_eq!(c.validate(), Ok(()));
         assert_eq!((c.vcpus, c.memory_mib, c.cid), (1, 256, 3));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -199,5 +200,6 @@ mod tests {
             &|c| c.console = Some("/no/such/dir/console".into()),
             "--console",
         );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

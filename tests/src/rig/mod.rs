@@ -42,6 +42,10 @@ pub enum RigError {
         timeout: Duration,
         tail: String,
     },
+    #[error(
+        "the rig's test host did not start the command within {waited:?}; last output:\n{tail}"
+    )]
+    StartupTimeout { waited: Duration, tail: String },
     #[error("the rig's test host failed before the command started; last output:\n{tail}")]
     HostFailed { tail: String },
     #[error("rig L1 host ended without reporting the command's exit status; last output:\n{tail}")]
@@ -169,7 +173,19 @@ impl RigRun {
 pub fn run(payload: &Payload, command: &str, options: &Options) -> Result<RigRun, RigError> {
     match Mode::detect()? {
         Mode::Native => native::run(payload, command, options),
-        Mode::Nested => nested::run(payload, command, options),
+        Mode::Nested => match nested::run(payload, command, options) {
+            // The command never started, so running it again repeats
+            // nothing: it only retries L1's boot, which under software
+            // emulation on a busy host occasionally hangs early.
+            Err(RigError::StartupTimeout { waited, tail }) => {
+                eprintln!(
+                    "husk-rig: WARNING: L1 did not start the command within {waited:?}; \
+                     retrying once. Its last output:\n{tail}"
+                );
+                nested::run(payload, command, options)
+            }
+            other => other,
+        },
     }
 }
 

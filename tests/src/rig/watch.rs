@@ -21,6 +21,9 @@ pub fn wrapper() -> String {
 
 /// How long the rig may take to shut down after the command reported.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long the rig may take to start the command. L1 normally starts in
+/// 3-5 s; one that has not in this long has hung in early boot under TCG.
+const STARTUP_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Reads `child`'s stdout (and stderr) until the exit marker, then lets the
 /// child end; kills it on the deadline.
@@ -48,9 +51,10 @@ pub fn watch(
     let mut exit_code = None;
     loop {
         let now = Instant::now();
-        let limit = match exit_code {
-            Some(_) => deadline.min(now + SHUTDOWN_GRACE),
-            None => deadline,
+        let limit = match (startup, exit_code) {
+            (_, Some(_)) => deadline.min(now + SHUTDOWN_GRACE),
+            (None, None) => deadline.min(started + STARTUP_DEADLINE),
+            (Some(_), None) => deadline,
         };
         let wait = limit.saturating_duration_since(now);
         match rx.recv_timeout(wait) {
@@ -87,6 +91,12 @@ pub fn watch(
                 let _ = child.wait();
                 if exit_code.is_some() {
                     break; // reported, but did not shut down in time
+                }
+                if startup.is_none() && Instant::now() < deadline {
+                    return Err(RigError::StartupTimeout {
+                        waited: STARTUP_DEADLINE,
+                        tail: tail(&transcript, 40),
+                    });
                 }
                 return Err(RigError::Timeout {
                     command: command.to_string(),
