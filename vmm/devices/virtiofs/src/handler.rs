@@ -13,7 +13,7 @@ use fuse_backend_rs::api::server::Server;
 use fuse_backend_rs::passthrough::PassthroughFs;
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
 use husk_virtio::{warn_limited, GuestMemory, RateLimitedLog};
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 
 /// The FUSE server the device hands requests to.
 pub type FsServer = Server<Arc<PassthroughFs>>;
@@ -67,6 +67,11 @@ pub fn process_queue(
         queue.disable_notification(mem).map_err(QueueError::Avail)?;
         while done.completed < budget {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                // `None` also means "the driver's avail index is impossible"
+                // (more entries than the queue holds). Tell that apart from
+                // an empty ring, or the enable_notification check below,
+                // which sees entries pending, would send us round forever.
+                queue.iter(mem).map_err(QueueError::Avail)?;
                 break;
             };
             let head = chain.head_index();

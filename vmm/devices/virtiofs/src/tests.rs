@@ -1035,3 +1035,158 @@ fn reset_fails_when_the_shared_dir_is_gone() {
     let reply = guest.fuse(REQUEST_QUEUE, Opcode::Init, 0, args.as_slice());
     assert_eq!(reply.header.error, -libc::ENOENT);
 }
+
+// --- overlapping descriptor chains ----------------------------------------
+
+/// A GETATTR request on the root, as bytes.
+fn getattr_request(guest: &mut Guest) -> (InHeader, Vec<u8>) {
+    let header = guest.header(Opcode::Getattr as u32, ROOT_ID, size_of::<GetattrIn>());
+    let mut request = header.as_slice().to_vec();
+    request.extend_from_slice(GetattrIn::default().as_slice());
+    (header, request)
+}
+
+/// Checks that `addr` holds a successful GETATTR reply of the root for
+/// `unique`, `used_len` bytes long.
+fn assert_root_attr_reply(guest: &Guest, addr: u64, unique: u64, used_len: u32) {
+    let out: OutHeader = guest.mem.read_obj(GuestAddress(addr)).unwrap();
+    assert_eq!(out.unique, unique, "reply to another request");
+    assert_eq!(out.error, 0, "FUSE error {}", out.error);
+    assert_eq!(
+        out.len, used_len,
+        "used length disagrees with OutHeader.len"
+    );
+    assert_eq!(used_len, OUT_HEADER + size_of::<AttrOut>() as u32);
+    let attr: AttrOut = guest
+        .mem
+        .read_obj(GuestAddress(addr + u64::from(OUT_HEADER)))
+        .unwrap();
+    assert_eq!(attr.attr.mode & libc::S_IFMT, libc::S_IFDIR);
+}
+
+/// Kicks `queue` and runs the event loop on another thread, so that a
+/// device spinning on the queue fails the test instead of hanging it.
+fn kick_and_run_or_fail_if_hung(guest: &mut Guest, queue: usize) {
+    guest.dev.lock().unwrap().queue_events()[queue]
+        .write(1)
+        .unwrap();
+    let mut manager = std::mem::replace(&mut guest.manager, EventManager::new().unwrap());
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..100 {
+            if manager.run_with_timeout(0).unwrap() == 0 {
+                break;
+            }
+        }
+        let _ = done.send(manager);
+    });
+    guest.manager = finished
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .expect("device hung (spinning in process_queue) on the queue");
+}
+
+#[test]
+fn request_and_reply_buffers_overlapping_still_get_the_right_reply() {
+    let (_dirs, mut guest) = malformed_guest();
+    // The reply descriptor starts at the in-header (full overlap), then at
+    // its `unique` field (partial overlap): the reply overwrites the request
+    // the server reads.
+    for reply_offset in [0u64, 8] {
+        let (header, request) = getattr_request(&mut guest);
+        let req = guest.buffer(&request);
+        guest.alloc(REPLY_CAP); // keep the reply inside our allocation
+        let reply = req + reply_offset;
+        let used = guest.submit(
+            REQUEST_QUEUE,
+            &[
+                Desc {
+                    addr: req,
+                    len: request.len() as u32,
+                    write: false,
+                },
+                Desc {
+                    addr: reply,
+                    len: REPLY_CAP,
+                    write: true,
+                },
+            ],
+        );
+        assert_eq!(used.id, 0);
+        assert_root_attr_reply(&guest, reply, header.unique, used.len);
+    }
+    let attr = guest.getattr(ROOT_ID);
+    assert_eq!(attr.attr.mode & libc::S_IFMT, libc::S_IFDIR);
+}
+
+#[test]
+fn reply_buffer_over_the_descriptor_table_does_not_stop_the_device() {
+    let (_dirs, mut guest) = malformed_guest();
+    let table = guest.queues[REQUEST_QUEUE].desc_table_addr().0;
+    // Chain 0 (descriptors 0, 1) replies over descriptors 2.. of its own
+    // table; chain 2 (descriptors 2, 3) is a valid request when offered,
+    // garbage once chain 0's reply is written over it.
+    let (header, request) = getattr_request(&mut guest);
+    let req = guest.buffer(&request);
+    let over_table = table + 2 * 16;
+    let (_, request2) = getattr_request(&mut guest);
+    let req2 = guest.buffer(&request2);
+    let reply2 = guest.alloc(REPLY_CAP);
+    let before = guest.used_idx(REQUEST_QUEUE);
+    guest.submit_raw(
+        REQUEST_QUEUE,
+        &[
+            SplitDescriptor::new(req, request.len() as u32, F_NEXT, 1).into(),
+            SplitDescriptor::new(over_table, 16 * (u32::from(QSIZE) - 2), F_WRITE, 0).into(),
+            SplitDescriptor::new(req2, request2.len() as u32, F_NEXT, 3).into(),
+            SplitDescriptor::new(reply2, REPLY_CAP, F_WRITE, 0).into(),
+        ],
+    );
+    assert_eq!(guest.used_idx(REQUEST_QUEUE), before.wrapping_add(2));
+    let first = guest.take_used(REQUEST_QUEUE).unwrap();
+    assert_eq!(first.id, 0);
+    assert_root_attr_reply(&guest, over_table, header.unique, first.len);
+    // Descriptor 2 now reads as {addr: OutHeader.len, len: unique, flags: 0}:
+    // a read-only buffer far shorter than an in-header, given back empty.
+    let second = guest.take_used(REQUEST_QUEUE).unwrap();
+    assert_eq!((second.id, second.len), (2, 0));
+
+    let attr = guest.getattr(ROOT_ID);
+    assert_eq!(attr.attr.mode & libc::S_IFMT, libc::S_IFDIR);
+}
+
+#[test]
+fn reply_buffer_over_the_avail_ring_neither_hangs_nor_kills_the_device() {
+    let (_dirs, mut guest) = malformed_guest();
+    let avail = guest.queues[REQUEST_QUEUE].avail_addr().0;
+    let avail_len = 4 + 2 * u32::from(QSIZE) + 2;
+    let (header, request) = getattr_request(&mut guest);
+    let req = guest.buffer(&request);
+    // The reply's OutHeader.len lands on avail.flags, its high half (0) on
+    // avail.idx: the ring then claims 0 - next_avail (≈ 65534) entries.
+    guest.queues[REQUEST_QUEUE]
+        .add_desc_chains(
+            &[
+                SplitDescriptor::new(req, request.len() as u32, F_NEXT, 1).into(),
+                SplitDescriptor::new(avail, avail_len, F_WRITE, 0).into(),
+            ],
+            0,
+        )
+        .unwrap();
+    kick_and_run_or_fail_if_hung(&mut guest, REQUEST_QUEUE);
+    let used = guest.take_used(REQUEST_QUEUE).expect("chain not returned");
+    assert_eq!(used.id, 0);
+    assert_root_attr_reply(&guest, avail, header.unique, used.len);
+    assert!(guest.dev.lock().unwrap().is_activated());
+
+    // The ring is wrecked by the guest's own doing; a driver would reset.
+    assert!(guest.dev.lock().unwrap().reset());
+    guest.queues = QUEUE_ADDRS
+        .iter()
+        .map(|&addr| MockSplitQueue::create(guest.mem, GuestAddress(addr), QSIZE))
+        .collect();
+    guest.used_seen = [0; NUM_QUEUES];
+    guest.activate();
+    guest.init();
+    let attr = guest.getattr(ROOT_ID);
+    assert_eq!(attr.attr.mode & libc::S_IFMT, libc::S_IFDIR);
+}

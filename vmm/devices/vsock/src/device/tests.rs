@@ -757,3 +757,117 @@ fn flush_before_exit_delivers_held_bytes() {
     assert_eq!(h.dev().buffered_bytes(), 0);
     assert_eq!(reader.join().unwrap(), sent);
 }
+
+// --- overlapping descriptor chains ------------------------------------------
+
+/// Reads `len` bytes of guest memory at `addr`.
+fn guest_bytes(mem: &GuestMemory, addr: u64, len: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    mem.read_slice(&mut bytes, GuestAddress(addr)).unwrap();
+    bytes
+}
+
+#[test]
+fn tx_chain_whose_header_and_data_overlap_is_forwarded_verbatim() {
+    let mut h = Harness::new("overlap-tx");
+    h.give_rx(8);
+    let listener = h.listen(5100);
+    h.send(h.guest_hdr(op::REQUEST, 41000, 5100), &[]);
+    assert_eq!(h.recv_wait().0.op, op::RESPONSE);
+    let (mut host, _) = listener.accept().unwrap();
+    host.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let before = h.tx.used_idx();
+
+    // The data descriptor starts at the header itself (full overlap), then
+    // inside it (partial overlap): the payload is whatever guest memory
+    // holds there, header bytes included.
+    for data_offset in [0u64, 20] {
+        let mut rw = h.guest_hdr(op::RW, 41000, 5100);
+        rw.len = 64;
+        let ha = h.alloc(256);
+        let filler: Vec<u8> = (0..256u32).map(|i| (i * 7 + 3) as u8).collect();
+        h.mem.write_slice(&filler, GuestAddress(ha)).unwrap();
+        h.mem.write_slice(&rw.to_bytes(), GuestAddress(ha)).unwrap();
+        let expected = guest_bytes(h.mem, ha + data_offset, 64);
+        h.tx.add_chain(&[(ha, HDR_SIZE as u32, 0), (ha + data_offset, 64, 0)]);
+        h.kick(TX_QUEUE);
+        h.pump();
+        let mut got = vec![0u8; 64];
+        host.read_exact(&mut got).unwrap();
+        assert_eq!(got, expected, "data at header offset {data_offset}");
+    }
+    assert_eq!(h.tx.used_idx(), before.wrapping_add(2), "chains returned");
+    assert_eq!(h.dev().connection_count(), 1);
+
+    // The connection and both queues still work.
+    let mut ping = h.guest_hdr(op::RW, 41000, 5100);
+    ping.len = 4;
+    h.send(ping, b"ping");
+    let mut got = [0u8; 4];
+    host.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    host.write_all(b"pong").unwrap();
+    let (rw, data) = h.recv_wait();
+    assert_eq!((rw.op, data.as_slice()), (op::RW, &b"pong"[..]));
+}
+
+#[test]
+fn rx_buffer_over_the_rx_descriptor_table_does_not_stop_the_device() {
+    let mut h = Harness::new("overlap-rxtable");
+    let w = VRING_DESC_F_WRITE as u16;
+    let table = h.rx.mock.desc_table_addr().0;
+    // Chain 0 (descriptors 0, 1): its header buffer covers descriptors 2..4
+    // of the RX table. Chain 2 (descriptors 2, 3) is valid when offered, but
+    // the header the device writes into chain 0 turns it into garbage.
+    let bad_hdr = table + 2 * 16;
+    let data0 = h.alloc(u64::from(RX_DATA));
+    let head0 =
+        h.rx.add_chain(&[(bad_hdr, HDR_SIZE as u32, w), (data0, RX_DATA, w)]);
+    h.rx_bufs.insert(head0, (bad_hdr, data0));
+    let (ha, da) = (h.alloc(HDR_SIZE as u64), h.alloc(u64::from(RX_DATA)));
+    let head2 =
+        h.rx.add_chain(&[(ha, HDR_SIZE as u32, w), (da, RX_DATA, w)]);
+    h.rx_bufs.insert(head2, (ha, da));
+    h.kick(RX_QUEUE);
+    h.pump();
+
+    // The first packet lands in chain 0, i.e. in the descriptor table.
+    let (mut stream, req) = h.host_connect(1024);
+    assert_eq!(head0, 0);
+    assert_eq!((req.op, req.dst_port), (op::REQUEST, 1024));
+    assert_eq!(
+        guest_bytes(h.mem, bad_hdr, HDR_SIZE),
+        req.to_bytes(),
+        "the header went over descriptors 2..4"
+    );
+    let local = req.src_port;
+    let mut resp = h.guest_hdr(op::RESPONSE, 1024, local);
+    resp.buf_alloc = 64 * 1024;
+    h.send(resp, &[]);
+    let expected = format!("OK {local}\n");
+    let mut line = vec![0u8; expected.len()];
+    stream.read_exact(&mut line).unwrap();
+    assert_eq!(line, expected.as_bytes());
+
+    // Host data now meets chain 2, whose descriptors are the header bytes:
+    // the device must give that chain back (with nothing written) rather
+    // than panic, spin or write through a garbage descriptor.
+    stream.write_all(b"after the overlap").unwrap();
+    h.pump();
+    let elem = h.rx.next_used().expect("garbage chain 2 was not returned");
+    assert_eq!((elem.id(), elem.len()), (u32::from(head2), 0));
+    assert!(h.rx.next_used().is_none());
+
+    // Fresh buffers (the test rewrites descriptors from 4 on): the data
+    // that waited arrives, and the connection works both ways.
+    h.give_rx(4);
+    let (rw, data) = h.recv_wait();
+    assert_eq!((rw.op, rw.src_port, rw.dst_port), (op::RW, local, 1024));
+    assert_eq!(data, b"after the overlap");
+    let mut pkt = h.guest_hdr(op::RW, 1024, local);
+    pkt.len = 5;
+    h.send(pkt, b"still");
+    let mut got = [0u8; 5];
+    stream.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"still");
+}
