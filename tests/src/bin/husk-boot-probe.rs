@@ -351,10 +351,11 @@ fn boot_once(args: &Args, vmm: &Vmm, runtime: &tokio::runtime::Runtime) -> anyho
             );
         }
         println!(
-            "health ok version={} api_version={} guest_uptime_ms={}",
+            "health ok version={} api_version={} guest_uptime_ms={} agent_uptime_ms={}",
             health.agent_version,
             health.api_version,
-            health.system_uptime.as_millis()
+            health.system_uptime.as_millis(),
+            health.agent_uptime.as_millis()
         );
         if args.shared_dir_check && matches!(vmm, Vmm::HuskVmm(_)) {
             check_shared_dir(&agent, &scratch.shared_dir()).await?;
