@@ -59,3 +59,19 @@ fn payload_paths_must_stay_inside_the_payload() {
     let err = rig::run(&payload, "true", &options(60)).unwrap_err();
     assert!(err.to_string().contains("../escape.rs"), "{err}");
 }
+
+#[test]
+fn a_silent_host_is_reported_unresponsive_before_the_deadline() {
+    // Freeze the wrapper's heartbeat (every other child of the wrapper
+    // shell but this command), then go silent: to the watcher that looks
+    // exactly like a wedged L1.
+    // (L1's busybox has no pgrep: parents are read from /proc.)
+    let command = "for d in /proc/[0-9]*; do p=${d#/proc/}; \
+                   [ \"$(cut -d' ' -f4 $d/stat 2>/dev/null)\" = \"$PPID\" ] && [ \"$p\" != \"$$\" ] \
+                   && kill -STOP \"$p\"; done; echo frozen; sleep 600";
+    let err = rig::run(&Payload::new(), command, &options(900)).unwrap_err();
+    match err {
+        RigError::Unresponsive { ref tail, .. } => assert!(tail.contains("frozen"), "{err}"),
+        other => panic!("expected Unresponsive, got: {other}"),
+    }
+}

@@ -6,11 +6,16 @@ pub const EXIT_MARKER: &str = "HUSK-RIG-EXIT ";
 
 /// L1's init prints this just before it starts the command.
 pub const START_MARKER: &str = "HUSK-RIG-START";
+/// Printed every few seconds while the command runs, so a test host that
+/// stops responding (a TCG or nested-KVM hang) is told apart from a quiet
+/// command.
+pub const HEARTBEAT_MARKER: &str = "HUSK-RIG-HEARTBEAT";
 
 /// One console line, classified.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Line<'a> {
     Start,
+    Heartbeat,
     Exit(i32),
     Output(&'a str),
 }
@@ -21,6 +26,9 @@ pub fn classify(raw: &str) -> Line<'_> {
     let line = raw.trim_end_matches(['\r', '\n']);
     if line == START_MARKER {
         return Line::Start;
+    }
+    if line == HEARTBEAT_MARKER {
+        return Line::Heartbeat;
     }
     if let Some(code) = line.strip_prefix(EXIT_MARKER) {
         if let Ok(code) = code.trim().parse() {
@@ -43,6 +51,11 @@ mod tests {
     #[test]
     fn markers_are_recognised_with_serial_line_endings() {
         assert_eq!(classify("HUSK-RIG-START\r"), Line::Start);
+        assert_eq!(classify("HUSK-RIG-HEARTBEAT\r"), Line::Heartbeat);
+        assert_eq!(
+            classify("x HUSK-RIG-HEARTBEAT"),
+            Line::Output("x HUSK-RIG-HEARTBEAT")
+        );
         assert_eq!(classify("HUSK-RIG-EXIT 0\r\n"), Line::Exit(0));
         assert_eq!(classify("HUSK-RIG-EXIT 137"), Line::Exit(137));
     }

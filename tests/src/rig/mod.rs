@@ -46,6 +46,11 @@ pub enum RigError {
         "the rig's test host did not start the command within {waited:?}; last output:\n{tail}"
     )]
     StartupTimeout { waited: Duration, tail: String },
+    #[error(
+        "the rig's test host stopped responding: no output, not even its heartbeat, for {silent_for:?} \
+         (a hang of software-emulated nested KVM, or of L1); last output:\n{tail}"
+    )]
+    Unresponsive { silent_for: Duration, tail: String },
     #[error("the rig's test host failed before the command started; last output:\n{tail}")]
     HostFailed { tail: String },
     #[error("rig L1 host ended without reporting the command's exit status; last output:\n{tail}")]

@@ -7,17 +7,28 @@ use std::process::Child;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::console::{classify, tail, Line, START_MARKER};
+use super::console::{classify, tail, Line, HEARTBEAT_MARKER, START_MARKER};
 use super::{Mode, Options, RigError, RigRun};
 
 /// Shell text that runs the command file and reports its status; both
 /// modes run it from the payload folder as [`super::RUNNER_FILE`].
 pub fn wrapper() -> String {
     format!(
-        "echo {START_MARKER}\nsh {} </dev/null 2>&1\necho \"HUSK-RIG-EXIT $?\"\n",
+        "echo {START_MARKER}\n\
+         (while :; do sleep {HEARTBEAT_SECS} >/dev/null 2>&1; echo {HEARTBEAT_MARKER}; done) &\n\
+         heartbeat=$!\n\
+         sh {} </dev/null 2>&1\n\
+         status=$?\n\
+         kill $heartbeat 2>/dev/null\n\
+         echo \"HUSK-RIG-EXIT $status\"\n",
         super::COMMAND_FILE
     )
 }
+
+/// How often the wrapper prints a heartbeat, and how long a silence means
+/// the test host stopped responding.
+const HEARTBEAT_SECS: u64 = 10;
+const SILENCE_LIMIT: Duration = Duration::from_secs(90);
 
 /// How long the rig may take to shut down after the command reported.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -49,22 +60,25 @@ pub fn watch(
     let mut output = String::new();
     let mut startup = None;
     let mut exit_code = None;
+    let mut last_line = started;
     loop {
         let now = Instant::now();
         let limit = match (startup, exit_code) {
             (_, Some(_)) => deadline.min(now + SHUTDOWN_GRACE),
             (None, None) => deadline.min(started + STARTUP_DEADLINE),
-            (Some(_), None) => deadline,
+            (Some(_), None) => deadline.min(last_line + SILENCE_LIMIT),
         };
         let wait = limit.saturating_duration_since(now);
         match rx.recv_timeout(wait) {
             Ok(raw) => {
+                last_line = Instant::now();
                 if !is_noise(&raw) {
                     transcript.push_str(&raw);
                     transcript.push('\n');
                 }
                 match classify(&raw) {
                     Line::Start => startup = Some(started.elapsed()),
+                    Line::Heartbeat => {}
                     Line::Exit(code) if startup.is_some() => exit_code = Some(code),
                     Line::Exit(_) => {
                         // The rig itself failed before the command began.
@@ -91,6 +105,12 @@ pub fn watch(
                 let _ = child.wait();
                 if exit_code.is_some() {
                     break; // reported, but did not shut down in time
+                }
+                if startup.is_some() && Instant::now() < deadline {
+                    return Err(RigError::Unresponsive {
+                        silent_for: SILENCE_LIMIT,
+                        tail: tail(&transcript, 40),
+                    });
                 }
                 if startup.is_none() && Instant::now() < deadline {
                     return Err(RigError::StartupTimeout {
@@ -150,5 +170,5 @@ fn spawn_reader<R: Read + Send + 'static>(
 /// QEMU's TCG lists every CPUID feature of the emulated EPYC it cannot
 /// provide, twice per start; none of them matter to the rig.
 fn is_noise(line: &str) -> bool {
-    line.contains("TCG doesn't support requested feature")
+    line.contains("TCG doesn't support requested feature") || line.trim_end() == HEARTBEAT_MARKER
 }

@@ -85,7 +85,14 @@ impl Vcpu {
             // Only our run loop runs here: a small stack keeps RSS down.
             .stack_size(256 << 10)
             .spawn(move || {
-                let reason = self.run(&buses);
+                let id = self.id;
+                // A bug that panics here must still stop the VM (exit 2),
+                // not leave the VMM waiting forever for a vCPU that is gone.
+                let reason =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run(&buses)))
+                        .unwrap_or_else(|_| {
+                            ExitReason::Error(format!("vcpu{id}: run loop panicked"))
+                        });
                 exit.stop(reason);
             })
             .map_err(Error::Thread)
