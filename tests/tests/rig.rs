@@ -69,7 +69,7 @@ fn a_silent_host_is_reported_unresponsive_before_the_deadline() {
     let command = "for d in /proc/[0-9]*; do p=${d#/proc/}; \
                    [ \"$(cut -d' ' -f4 $d/stat 2>/dev/null)\" = \"$PPID\" ] && [ \"$p\" != \"$$\" ] \
                    && kill -STOP \"$p\"; done; echo frozen; sleep 600";
-    let err = rig::run(&Payload::new(), command, &options(900)).unwrap_err();
+    let err = rig::run_once(&Payload::new(), command, &options(900)).unwrap_err();
     match err {
         RigError::Unresponsive { ref tail, .. } => assert!(tail.contains("frozen"), "{err}"),
         other => panic!("expected Unresponsive, got: {other}"),
