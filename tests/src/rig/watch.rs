@@ -15,7 +15,7 @@ use super::{Mode, Options, RigError, RigRun};
 pub fn wrapper() -> String {
     format!(
         "echo {START_MARKER}\n\
-         (while :; do sleep {HEARTBEAT_SECS} >/dev/null 2>&1; echo {HEARTBEAT_MARKER}; done) &\n\
+         (cd / && while :; do sleep {HEARTBEAT_SECS} >/dev/null 2>&1; echo {HEARTBEAT_MARKER}; done) &\n\
          heartbeat=$!\n\
          sh {} </dev/null 2>&1\n\
          status=$?\n\
@@ -26,7 +26,9 @@ pub fn wrapper() -> String {
 }
 
 /// How often the wrapper prints a heartbeat, and how long a silence means
-/// the test host stopped responding.
+/// the test host stopped responding. The heartbeat runs from `/` with its
+/// `sleep`s' output discarded, so a leftover `sleep` neither holds the
+/// payload mount busy nor keeps the console pipe open.
 const HEARTBEAT_SECS: u64 = 10;
 const SILENCE_LIMIT: Duration = Duration::from_secs(90);
 
