@@ -105,11 +105,6 @@ impl MmioTransport {
         }
     }
 
-    /// The device behind the window.
-    pub fn device(&self) -> &Arc<Mutex<dyn VirtioDevice>> {
-        &self.device
-    }
-
     /// The guest-physical offset of QueueNotify, where the VMM registers
     /// each queue's ioeventfd (datamatch = queue index).
     pub const fn queue_notify_offset() -> u64 {
