@@ -13,6 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The generated client must not pull in tonic's TCP transport: the
         // host dials vsock / unix sockets with its own connector.
         .build_transport(false)
+        // A method a server does not implement answers UNIMPLEMENTED: what
+        // an agent built before an additive API change must say, and what
+        // lets test doubles implement only the calls they fake.
+        .generate_default_stubs(true)
         .compile_fds(fds)?;
     Ok(())
 }

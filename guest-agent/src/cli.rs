@@ -7,7 +7,7 @@ use std::str::FromStr;
 use clap::Parser;
 use husk_proto::{AGENT_VSOCK_PORT, SHARED_DIR_GUEST_PATH};
 
-/// `husk-agent [--listen vsock:PORT | unix:PATH] [--shared-root DIR]`
+/// `husk-agent [--listen vsock:PORT | unix:PATH] [--root DIR] [--shared-root DIR]`
 #[derive(Debug, Parser)]
 #[command(
     name = "husk-agent",
@@ -29,6 +29,10 @@ pub struct Cli {
     /// for production.
     #[arg(long, value_name = "DIR", default_value = SHARED_DIR_GUEST_PATH, hide = true)]
     pub shared_root: PathBuf,
+    /// The agent's state folder: containers' writable layers and the
+    /// sandbox's hosts, resolv.conf and hostname files.
+    #[arg(long, value_name = "DIR", default_value = "/run/husk/agent")]
+    pub root: PathBuf,
 }
 
 /// An address the agent can listen on.

@@ -4,10 +4,14 @@
 //! tests exercise it without a VM.
 
 mod cli;
+mod engine;
 mod files;
 mod listener;
+mod metrics;
 mod pid1;
 mod reaper;
+mod sandbox;
+mod sandbox_namespaces;
 mod server;
 mod service;
 
@@ -20,8 +24,12 @@ use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
+use std::sync::Arc;
+
 use crate::cli::Cli;
+use crate::engine::{Engine, EngineConfig};
 use crate::reaper::Reaper;
+use crate::sandbox::Sandbox;
 use crate::service::{AgentService, AGENT_VERSION};
 
 /// Everything that can stop the agent.
@@ -49,6 +57,11 @@ enum AgentError {
 
 fn main() -> ExitCode {
     let started = Instant::now();
+    // A container init is this binary again; it is pid 1 of its own pid
+    // namespace, so this check must come before `is_pid1`.
+    if std::env::args_os().nth(1).as_deref() == Some(engine::init::protocol::INIT_ARG.as_ref()) {
+        engine::init::main();
+    }
     if pid1::is_pid1() {
         // PID 1 must never return: report and reset instead, even on panic
         // (the default hook has already printed the panic message).
@@ -87,6 +100,8 @@ fn run_as_init(started: Instant) -> Result<Infallible, AgentError> {
 fn run(cli: Cli, started: Instant) -> Result<(), AgentError> {
     // Orphans of our descendants come to us, as they would to PID 1.
     nix::sys::prctl::set_child_subreaper(true).map_err(AgentError::Subreaper)?;
+    // Before any thread exists: unshare needs a single-threaded process.
+    sandbox_namespaces::enter_private();
     runtime()?.block_on(serve_until_stopped(cli, started, false))
 }
 
@@ -101,7 +116,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, AgentError> {
 
 async fn serve_until_stopped(cli: Cli, started: Instant, pid1: bool) -> Result<(), AgentError> {
     // Before anything can spawn a child.
-    let _reaper = Reaper::start()?;
+    let reaper = Reaper::start()?;
     let (stop, stop_rx) = watch::channel(false);
     if !pid1 {
         // The kernel never delivers these to PID 1 unless it asks; outside
@@ -109,9 +124,26 @@ async fn serve_until_stopped(cli: Cli, started: Instant, pid1: bool) -> Result<(
         watch_stop_signals(stop.clone())?;
     }
     let listener = listener::bind(&cli.listen)?;
-    let service = AgentService::new(started, stop, files::SharedFolder::new(cli.shared_root));
+    let sandbox = Sandbox::new(&cli.root);
+    let engine = Engine::new(
+        reaper,
+        EngineConfig {
+            root: cli.root.clone(),
+            layer_root: cli.shared_root.clone(),
+            allowed_mount_roots: vec![cli.shared_root.clone(), sandbox.dir().to_path_buf()],
+        },
+    );
+    let engine = Arc::new(engine);
+    let service = AgentService::new(
+        started,
+        stop,
+        files::SharedFolder::new(cli.shared_root),
+        engine.clone(),
+        sandbox,
+    );
     announce_ready();
     server::serve(listener, service, stop_rx).await?;
+    engine.shutdown().await;
     Ok(())
 }
 

@@ -2,17 +2,27 @@
 
 use std::time::{Duration, Instant};
 
+use std::pin::Pin;
+use std::sync::Arc;
+
+use husk_proto::agent::v1 as pb;
 use husk_proto::agent::v1::agent_server::Agent;
 use husk_proto::agent::v1::{
     HealthRequest, HealthResponse, ReadFileRequest, ReadFileResponse, ShutdownRequest,
     ShutdownResponse, WriteFileRequest, WriteFileResponse,
 };
-use husk_proto::API_VERSION;
+use husk_proto::{API_VERSION, MAX_STDIO_CHUNK};
 use nix::time::{clock_gettime, ClockId};
 use tokio::sync::watch;
+use tokio_stream::wrappers::{BroadcastStream, ReceiverStream};
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use crate::engine::Engine;
 use crate::files::SharedFolder;
+use crate::sandbox::Sandbox;
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// The agent's crate version, reported by Health and the ready line.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -24,16 +34,30 @@ pub struct AgentService {
     started: Instant,
     stop: watch::Sender<bool>,
     shared: SharedFolder,
+    engine: Arc<Engine>,
+    sandbox: Sandbox,
 }
 
 impl AgentService {
-    pub fn new(started: Instant, stop: watch::Sender<bool>, shared: SharedFolder) -> Self {
+    pub fn new(
+        started: Instant,
+        stop: watch::Sender<bool>,
+        shared: SharedFolder,
+        engine: Arc<Engine>,
+        sandbox: Sandbox,
+    ) -> Self {
         Self {
             started,
             stop,
             shared,
+            engine,
+            sandbox,
         }
     }
+}
+
+fn reply<T>(value: T) -> Result<Response<T>, Status> {
+    Ok(Response::new(value))
 }
 
 #[tonic::async_trait]
@@ -78,6 +102,196 @@ impl Agent for AgentService {
         blocking(move || shared.write(&path, &data, mode)).await??;
         Ok(Response::new(WriteFileResponse {}))
     }
+
+    async fn setup_sandbox(
+        &self,
+        request: Request<pb::SetupSandboxRequest>,
+    ) -> Result<Response<pb::SetupSandboxResponse>, Status> {
+        let sandbox = self.sandbox.clone();
+        let request = request.into_inner();
+        tokio::task::spawn_blocking(move || sandbox.setup(&request))
+            .await
+            .map_err(|e| Status::internal(format!("sandbox task failed: {e}")))?
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+
+    async fn setup_network(
+        &self,
+        _request: Request<pb::SetupNetworkRequest>,
+    ) -> Result<Response<pb::SetupNetworkResponse>, Status> {
+        Err(Status::unimplemented(
+            "SetupNetwork is not implemented yet: the sandbox shares the guest's network as the kernel configured it",
+        ))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<pb::CreateContainerRequest>,
+    ) -> Result<Response<pb::CreateContainerResponse>, Status> {
+        let pid = self.engine.create(request.into_inner()).await?;
+        reply(pb::CreateContainerResponse { pid })
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<pb::StartContainerRequest>,
+    ) -> Result<Response<pb::StartContainerResponse>, Status> {
+        self.engine
+            .start(&request.into_inner().container_id)
+            .await?;
+        reply(pb::StartContainerResponse {})
+    }
+
+    async fn signal_process(
+        &self,
+        request: Request<pb::SignalProcessRequest>,
+    ) -> Result<Response<pb::SignalProcessResponse>, Status> {
+        self.engine.signal(&request.into_inner())?;
+        reply(pb::SignalProcessResponse {})
+    }
+
+    async fn wait_process(
+        &self,
+        request: Request<pb::WaitProcessRequest>,
+    ) -> Result<Response<pb::WaitProcessResponse>, Status> {
+        let r = request.into_inner();
+        let status = self.engine.wait(&r.container_id, &r.exec_id).await?;
+        reply(pb::WaitProcessResponse {
+            status: Some(status),
+        })
+    }
+
+    async fn events(
+        &self,
+        _request: Request<pb::EventsRequest>,
+    ) -> Result<Response<BoxStream<pb::Event>>, Status> {
+        let stream = BroadcastStream::new(self.engine.subscribe())
+            .map(|event| event.map_err(|e| Status::data_loss(format!("events were dropped: {e}"))));
+        reply(Box::pin(stream) as BoxStream<pb::Event>)
+    }
+
+    async fn delete_container(
+        &self,
+        request: Request<pb::DeleteContainerRequest>,
+    ) -> Result<Response<pb::DeleteContainerResponse>, Status> {
+        let r = request.into_inner();
+        self.engine.delete(&r.container_id, r.force).await?;
+        reply(pb::DeleteContainerResponse {})
+    }
+
+    async fn container_state(
+        &self,
+        request: Request<pb::ContainerStateRequest>,
+    ) -> Result<Response<pb::ContainerStateResponse>, Status> {
+        let state = self.engine.state(&request.into_inner().container_id)?;
+        reply(pb::ContainerStateResponse { state: Some(state) })
+    }
+
+    async fn list_containers(
+        &self,
+        _request: Request<pb::ListContainersRequest>,
+    ) -> Result<Response<pb::ListContainersResponse>, Status> {
+        reply(pb::ListContainersResponse {
+            containers: self.engine.list(),
+        })
+    }
+
+    async fn update_container(
+        &self,
+        request: Request<pb::UpdateContainerRequest>,
+    ) -> Result<Response<pb::UpdateContainerResponse>, Status> {
+        let r = request.into_inner();
+        self.engine
+            .update(&r.container_id, &r.resources_json)
+            .await?;
+        reply(pb::UpdateContainerResponse {})
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<pb::ContainerStatsRequest>,
+    ) -> Result<Response<pb::ContainerStatsResponse>, Status> {
+        let stats = self
+            .engine
+            .stats(&request.into_inner().container_id)
+            .await?;
+        reply(pb::ContainerStatsResponse {
+            stats: Some(stats),
+            timestamp_ns: i64::try_from(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos(),
+            )
+            .unwrap_or(i64::MAX),
+        })
+    }
+
+    async fn exec_process(
+        &self,
+        request: Request<pb::ExecProcessRequest>,
+    ) -> Result<Response<pb::ExecProcessResponse>, Status> {
+        let pid = self.engine.exec(request.into_inner()).await?;
+        reply(pb::ExecProcessResponse { pid })
+    }
+
+    async fn write_stdin(
+        &self,
+        request: Request<pb::WriteStdinRequest>,
+    ) -> Result<Response<pb::WriteStdinResponse>, Status> {
+        let r = request.into_inner();
+        if r.data.len() > MAX_STDIO_CHUNK {
+            return Err(Status::invalid_argument(format!(
+                "data: {} bytes is above the limit of {MAX_STDIO_CHUNK}",
+                r.data.len()
+            )));
+        }
+        self.engine
+            .write_stdin(&r.container_id, &r.exec_id, &r.data)
+            .await?;
+        reply(pb::WriteStdinResponse {})
+    }
+
+    async fn close_stdin(
+        &self,
+        request: Request<pb::CloseStdinRequest>,
+    ) -> Result<Response<pb::CloseStdinResponse>, Status> {
+        let r = request.into_inner();
+        self.engine.close_stdin(&r.container_id, &r.exec_id).await?;
+        reply(pb::CloseStdinResponse {})
+    }
+
+    async fn read_output(
+        &self,
+        request: Request<pb::ReadOutputRequest>,
+    ) -> Result<Response<BoxStream<pb::OutputChunk>>, Status> {
+        let r = request.into_inner();
+        let rx = self.engine.read_output(&r.container_id, &r.exec_id)?;
+        reply(Box::pin(ReceiverStream::new(rx)) as BoxStream<pb::OutputChunk>)
+    }
+
+    async fn resize_terminal(
+        &self,
+        request: Request<pb::ResizeTerminalRequest>,
+    ) -> Result<Response<pb::ResizeTerminalResponse>, Status> {
+        let r = request.into_inner();
+        self.engine
+            .resize(&r.container_id, &r.exec_id, r.rows, r.cols)?;
+        reply(pb::ResizeTerminalResponse {})
+    }
+
+    async fn guest_metrics(
+        &self,
+        _request: Request<pb::GuestMetricsRequest>,
+    ) -> Result<Response<pb::GuestMetricsResponse>, Status> {
+        let containers = self.engine.count();
+        tokio::task::spawn_blocking(move || crate::metrics::read(containers))
+            .await
+            .map_err(|e| Status::internal(format!("metrics task failed: {e}")))?
+            .map(Response::new)
+            .map_err(|e| Status::internal(format!("reading /proc: {e}")))
+    }
 }
 
 /// Runs `f` on tokio's blocking pool; a panic there becomes INTERNAL.
@@ -103,12 +317,32 @@ fn millis(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::EngineConfig;
+    use crate::reaper::Reaper;
+
+    fn service(started: Instant, stop: watch::Sender<bool>) -> AgentService {
+        let engine = Engine::new(
+            Reaper::default(),
+            EngineConfig {
+                root: "/nonexistent".into(),
+                layer_root: "/nonexistent".into(),
+                allowed_mount_roots: vec![],
+            },
+        );
+        AgentService::new(
+            started,
+            stop,
+            SharedFolder::new("/nonexistent"),
+            Arc::new(engine),
+            Sandbox::new(std::path::Path::new("/nonexistent")),
+        )
+    }
 
     #[tokio::test]
     async fn health_reports_versions_and_uptime() {
         let (stop, _) = watch::channel(false);
         let started = Instant::now() - Duration::from_millis(1500);
-        let svc = AgentService::new(started, stop, SharedFolder::new("/nonexistent"));
+        let svc = service(started, stop);
         let health = svc
             .health(Request::new(HealthRequest {}))
             .await
@@ -126,7 +360,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_answers_and_raises_the_stop_flag() {
         let (stop, mut stopped) = watch::channel(false);
-        let svc = AgentService::new(Instant::now(), stop, SharedFolder::new("/nonexistent"));
+        let svc = service(Instant::now(), stop);
         assert!(!*stopped.borrow_and_update());
         svc.shutdown(Request::new(ShutdownRequest {}))
             .await

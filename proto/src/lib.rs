@@ -14,8 +14,9 @@ pub mod agent {
 /// additive change to `agent.proto`; Health reports it so the host can tell
 /// which calls an agent understands.
 ///
-/// History: 1 Health, Shutdown; 2 ReadFile, WriteFile.
-pub const API_VERSION: u32 = 2;
+/// History: 1 Health, Shutdown; 2 ReadFile, WriteFile; 3 sandbox, network,
+/// containers, processes and guest metrics.
+pub const API_VERSION: u32 = 3;
 
 /// The AF_VSOCK port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
@@ -38,3 +39,25 @@ pub const SHARED_DIR_GUEST_PATH: &str = "/run/husk/shared";
 
 /// The virtio-fs tag of the host folder shared with the guest.
 pub const SHARED_DIR_TAG: &str = "husk-shared";
+
+/// Longest container or exec id, in bytes.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// Most OCI JSON (spec, process or resources) one request carries (1 MiB).
+pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
+
+/// Most image layers one container may stack.
+pub const MAX_LAYERS: usize = 128;
+
+/// Most bytes per WriteStdin call and per streamed OutputChunk (64 KiB).
+pub const MAX_STDIO_CHUNK: usize = 64 * 1024;
+
+/// Most bytes of /etc/hosts or resolv.conf SetupSandbox accepts (64 KiB).
+pub const MAX_SANDBOX_FILE_BYTES: usize = 64 * 1024;
+
+/// Most containers one sandbox holds at once.
+pub const MAX_CONTAINERS: usize = 1024;
+
+/// Most exec'd processes one container holds at once (running or not yet
+/// deleted).
+pub const MAX_EXECS: usize = 1024;

@@ -1,6 +1,8 @@
 //! Test infrastructure shared by `cargo xtask` and the integration tests.
 //!
 //! - [`artifacts`]: the build outputs rig runs need, and their paths.
+//! - [`busybox`]: a busybox image layer and a `runc spec`-like OCI spec, the
+//!   smallest real container for the agent's and runc's container tests.
 //! - [`cache`]: the content-keyed build cache outside the clone.
 //! - [`debian`]: installs and fetches the Debian packages the project needs.
 //! - [`guest_memory`]: the guest's share of a VMM's RSS, for overhead figures.
@@ -9,6 +11,7 @@
 //!   the host's KVM can boot Linux).
 
 pub mod artifacts;
+pub mod busybox;
 pub mod cache;
 pub mod debian;
 pub mod guest_memory;

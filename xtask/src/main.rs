@@ -61,6 +61,15 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// Run a busybox /bin/true container N times under husk-agent (a root
+    /// process on this host, over a unix socket) and runc alternately, then
+    /// exec /bin/true N times into a running one of each; prints `<agent|runc>
+    /// <create_start|exec> median_ms=.. p95_ms=.. runs=..` lines, then
+    /// `ratio agent/runc create_start=.. exec=..`.
+    Agent {
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -88,5 +97,8 @@ fn main() -> anyhow::Result<()> {
         Command::Bench {
             which: Bench::Boot { runs },
         } => bench::boot(runs),
+        Command::Bench {
+            which: Bench::Agent { runs },
+        } => bench::agent(runs),
     }
 }

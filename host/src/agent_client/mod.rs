@@ -169,6 +169,12 @@ impl AgentClient {
         self
     }
 
+    /// The generated client on this connection, for calls this wrapper does
+    /// not bound itself (streams, the container API). Callers bound them.
+    pub fn raw(&self) -> RawClient<Channel> {
+        self.raw.clone()
+    }
+
     /// The address this client talks to.
     pub fn addr(&self) -> &AgentAddr {
         &self.addr

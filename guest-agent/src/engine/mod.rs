@@ -1,0 +1,553 @@
+//! The container engine: runs OCI containers as the agent's children.
+//!
+//! Written here rather than using libcontainer (youki): libcontainer waits
+//! for its own intermediate processes with `waitpid`, which races the
+//! agent's PID 1 reaper (`waitpid(-1)`), and it links the C libseccomp into
+//! what must be a static PID 1. Our engine spawns every process through
+//! [`crate::reaper::Reaper`], so exits are collected in exactly one place.
+//!
+//! Flow: [`spec`] checks the request; [`launch`] spawns the agent binary
+//! again as the container init ([`init`]) in a new pid namespace and the
+//! container's cgroup ([`cgroups`]); the init enters its namespaces, builds
+//! the rootfs ([`rootfs`]), takes on the process's identity and seccomp
+//! filter ([`seccomp`]), reports `ok` and execs on StartContainer.
+
+pub mod cgroups;
+mod container;
+mod error;
+pub mod init;
+mod launch;
+mod process;
+pub mod rootfs;
+pub mod seccomp;
+mod spec;
+mod stdio;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use husk_proto::agent::v1 as pb;
+use husk_proto::{MAX_CONTAINERS, MAX_EXECS};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use tokio::sync::{broadcast, mpsc};
+
+use self::cgroups::{Cgroup, CgroupManager};
+use self::container::Container;
+pub use self::error::EngineError;
+use self::init::protocol::{InitConfig, InitMode};
+use self::launch::{launch, PidNamespace};
+use self::process::{ExitContext, TrackedProcess};
+pub use self::spec::check_sysctl;
+use crate::reaper::Reaper;
+
+/// How long Delete waits for a killed container's init to be reaped.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Where things live.
+pub struct EngineConfig {
+    /// The agent's state folder; containers go to `<root>/containers/<id>`.
+    pub root: PathBuf,
+    /// Image layers are folders under it (the shared folder in a VM).
+    pub layer_root: PathBuf,
+    /// Bind mount sources must lie under one of these.
+    pub allowed_mount_roots: Vec<PathBuf>,
+}
+
+pub struct Engine {
+    reaper: Reaper,
+    config: EngineConfig,
+    cgroups: Result<Arc<CgroupManager>, String>,
+    containers: Mutex<Table>,
+    events: broadcast::Sender<pb::Event>,
+}
+
+#[derive(Default)]
+struct Table {
+    ready: HashMap<String, Arc<Container>>,
+    /// Ids being created or deleted: taken, but not usable yet.
+    busy: HashSet<String>,
+}
+
+impl Engine {
+    pub fn new(reaper: Reaper, config: EngineConfig) -> Self {
+        // The guest's only agent owns `husk`; outside a VM several agents
+        // may share a host, so each gets its own (removed when it stops).
+        const HOST_BASE_PREFIX: &str = "husk-agent-";
+        let base = match std::process::id() {
+            1 => "husk".to_owned(),
+            pid => format!("{HOST_BASE_PREFIX}{pid}"),
+        };
+        let cgroups = CgroupManager::detect(&base)
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
+        if let Ok(manager) = &cgroups {
+            manager.sweep_stale(HOST_BASE_PREFIX);
+        }
+        match &cgroups {
+            Ok(m) if m.version() == cgroups::CgroupVersion::V1 => eprintln!(
+                "husk-agent: WARNING: cgroup v1 host: container limits use the v1 \
+                 controllers (memory.limit_in_bytes, cpu.cfs_quota_us, pids.max); \
+                 inside a husk microVM they are cgroup v2"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                eprintln!("husk-agent: WARNING: no usable cgroups, containers cannot run: {e}")
+            }
+        }
+        let (events, _) = broadcast::channel(1024);
+        Self {
+            reaper,
+            config,
+            cgroups,
+            containers: Mutex::default(),
+            events,
+        }
+    }
+
+    fn table(&self) -> MutexGuard<'_, Table> {
+        self.containers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, id: &str) -> Result<Arc<Container>, EngineError> {
+        self.table()
+            .ready
+            .get(id)
+            .cloned()
+            .ok_or_else(|| EngineError::NoContainer(id.to_owned()))
+    }
+
+    fn process(&self, id: &str, exec_id: &str) -> Result<Arc<TrackedProcess>, EngineError> {
+        let container = self.get(id)?;
+        if exec_id.is_empty() {
+            return Ok(container.init.clone());
+        }
+        container
+            .exec(exec_id)
+            .ok_or_else(|| EngineError::NoExec(id.to_owned(), exec_id.to_owned()))
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<pb::Event> {
+        self.events.subscribe()
+    }
+
+    pub fn count(&self) -> usize {
+        self.table().ready.len()
+    }
+
+    /// CreateContainer: checks everything, then builds the container; a
+    /// failure removes whatever was built.
+    pub async fn create(&self, request: pb::CreateContainerRequest) -> Result<u32, EngineError> {
+        let id = request.container_id;
+        spec::check_id("container_id", &id)?;
+        let spec = spec::parse_spec(&request.oci_spec_json)?;
+        let lower = spec::resolve_layers(&self.config.layer_root, &request.layers)?;
+        rootfs::validate(&spec, &self.config.allowed_mount_roots)?;
+        if let Some(seccomp) = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref()) {
+            // Logged here once; the init compiles again silently (its
+            // stderr is the container's).
+            for warning in seccomp::compile(seccomp)?.warnings() {
+                eprintln!("husk-agent: container {id}: {warning}");
+            }
+        }
+        let manager = self.cgroups.clone().map_err(EngineError::NoCgroups)?;
+        {
+            let mut table = self.table();
+            if table.ready.contains_key(&id) || table.busy.contains(&id) {
+                return Err(EngineError::Exists(id));
+            }
+            if table.ready.len() + table.busy.len() >= MAX_CONTAINERS {
+                return Err(EngineError::TooMany("containers", MAX_CONTAINERS));
+            }
+            table.busy.insert(id.clone());
+        }
+        let result = self.build(&id, spec, lower, request.stdin, manager).await;
+        let mut table = self.table();
+        table.busy.remove(&id);
+        let container = result?;
+        let pid = container.init.pid;
+        table.ready.insert(id, container);
+        Ok(pid)
+    }
+
+    async fn build(
+        &self,
+        id: &str,
+        spec: Spec,
+        lower: Vec<PathBuf>,
+        stdin: bool,
+        manager: Arc<CgroupManager>,
+    ) -> Result<Arc<Container>, EngineError> {
+        let dir = self.config.root.join("containers").join(id);
+        let process = spec.process().clone().unwrap_or_default();
+        let terminal = process.terminal().unwrap_or(false);
+        let pid_ns = pid_namespace(&spec);
+        let reaper = self.reaper.clone();
+        let id_owned = id.to_owned();
+        let dir_owned = dir.clone();
+        let spec_owned = spec.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let (dir, spec) = (dir_owned, spec_owned);
+            let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+            for sub in ["rootfs", "upper", "work"] {
+                std::fs::create_dir_all(dir.join(sub))
+                    .map_err(|e| EngineError::Io(format!("creating {}/{sub}", dir.display()), e))?;
+            }
+            let cgroup = manager.create(&id_owned, resources)?;
+            let config = InitConfig {
+                mode: InitMode::Container {
+                    rootfs: dir.join("rootfs"),
+                    lower,
+                    upper: dir.join("upper"),
+                    work: dir.join("work"),
+                    cgroup_dir: cgroup.unified_path().map(Path::to_path_buf),
+                },
+                spec,
+                process,
+            };
+            match launch(&reaper, pid_ns, terminal, stdin, &cgroup, &config) {
+                Ok(launched) => Ok((launched, cgroup)),
+                Err(e) => {
+                    let _ = cgroup.destroy();
+                    Err(e.into())
+                }
+            }
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("create task failed: {e}")));
+        let (launched, cgroup) = match built.and_then(|r| r) {
+            Ok(ok) => ok,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let cgroup = Arc::new(cgroup);
+        let init = TrackedProcess::new(
+            launched.pid,
+            launched.stdio,
+            launched.exit,
+            ExitContext {
+                container_id: id.to_owned(),
+                exec_id: String::new(),
+                cgroup: cgroup.clone(),
+                events: self.events.clone(),
+            },
+        )
+        .map_err(|e| EngineError::Io("registering stdio".into(), e))?;
+        Ok(Arc::new(Container {
+            id: id.to_owned(),
+            spec,
+            dir,
+            cgroup,
+            init,
+            gate: Mutex::new(Some(launched.gate)),
+            execs: Mutex::default(),
+            created_at_ns: process::now_ns(),
+            started_at_ns: Default::default(),
+        }))
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), EngineError> {
+        let container = self.get(id)?;
+        let gate = container
+            .take_gate()
+            .ok_or_else(|| EngineError::State(id.to_owned(), "already started".into()))?;
+        tokio::task::spawn_blocking(move || gate.start())
+            .await
+            .map_err(|e| EngineError::Internal(format!("start task failed: {e}")))??;
+        container
+            .started_at_ns
+            .store(process::now_ns(), Ordering::Release);
+        Ok(())
+    }
+
+    pub async fn exec(&self, request: pb::ExecProcessRequest) -> Result<u32, EngineError> {
+        let container = self.get(&request.container_id)?;
+        spec::check_id("exec_id", &request.exec_id)?;
+        let process = spec::parse_process(&request.process_json)?;
+        if container.status() != pb::ContainerStatus::Running {
+            return Err(EngineError::State(
+                container.id.clone(),
+                "is not running".into(),
+            ));
+        }
+        {
+            let execs = container.execs();
+            if execs.contains_key(&request.exec_id) {
+                return Err(EngineError::Exists(format!(
+                    "{}/{}",
+                    container.id, request.exec_id
+                )));
+            }
+            if execs.len() >= MAX_EXECS {
+                return Err(EngineError::TooMany("execs", MAX_EXECS));
+            }
+        }
+        let target = container.init.pid;
+        let pid_ns = if container.has_pid_namespace() {
+            PidNamespace::Join(PathBuf::from(format!("/proc/{target}/ns/pid")))
+        } else {
+            PidNamespace::Same
+        };
+        let terminal = process.terminal().unwrap_or(false);
+        let config = InitConfig {
+            spec: container.spec.clone(),
+            process,
+            mode: InitMode::Exec { target_pid: target },
+        };
+        let reaper = self.reaper.clone();
+        let cgroup = container.cgroup.clone();
+        let launched = tokio::task::spawn_blocking(move || {
+            let launched = launch(&reaper, pid_ns, terminal, request.stdin, &cgroup, &config)?;
+            let launch::Launched {
+                pid,
+                exit,
+                stdio,
+                gate,
+            } = launched;
+            gate.start()?;
+            Ok::<_, EngineError>((pid, exit, stdio))
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("exec task failed: {e}")))??;
+        let (pid, exit, stdio) = launched;
+        let tracked = TrackedProcess::new(
+            pid,
+            stdio,
+            exit,
+            ExitContext {
+                container_id: container.id.clone(),
+                exec_id: request.exec_id.clone(),
+                cgroup: container.cgroup.clone(),
+                events: self.events.clone(),
+            },
+        )
+        .map_err(|e| EngineError::Io("registering stdio".into(), e))?;
+        container.execs().insert(request.exec_id, tracked);
+        Ok(pid)
+    }
+
+    pub fn signal(&self, request: &pb::SignalProcessRequest) -> Result<(), EngineError> {
+        let signal = i32::try_from(request.signal)
+            .ok()
+            .and_then(|s| nix::sys::signal::Signal::try_from(s).ok())
+            .ok_or_else(|| {
+                EngineError::Spec(spec::SpecError::invalid(
+                    "signal",
+                    format!("{} is not a signal number this agent knows", request.signal),
+                ))
+            })?;
+        if request.all {
+            if !request.exec_id.is_empty() {
+                return Err(EngineError::Spec(spec::SpecError::invalid(
+                    "all",
+                    "cannot be combined with exec_id",
+                )));
+            }
+            let container = self.get(&request.container_id)?;
+            return container
+                .cgroup
+                .signal_all(signal)
+                .map_err(EngineError::from);
+        }
+        let process = self.process(&request.container_id, &request.exec_id)?;
+        if process.exit_status().is_some() {
+            return Err(EngineError::State(
+                request.container_id.clone(),
+                "process has already exited".into(),
+            ));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(process.pid as i32), signal)
+            .map_err(|e| EngineError::Io("kill".into(), e.into()))
+    }
+
+    /// Waits for a process's exit; an exec is forgotten once waited for.
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<pb::ExitStatus, EngineError> {
+        let process = self.process(id, exec_id)?;
+        let status = process.wait().await;
+        if !exec_id.is_empty() {
+            if let Ok(container) = self.get(id) {
+                let mut execs = container.execs();
+                if execs.get(exec_id).is_some_and(|p| Arc::ptr_eq(p, &process)) {
+                    execs.remove(exec_id);
+                }
+            }
+        }
+        Ok(status)
+    }
+
+    pub async fn delete(&self, id: &str, force: bool) -> Result<(), EngineError> {
+        let container = {
+            let mut table = self.table();
+            let container = table
+                .ready
+                .get(id)
+                .cloned()
+                .ok_or_else(|| EngineError::NoContainer(id.to_owned()))?;
+            if container.status() == pb::ContainerStatus::Running && !force {
+                return Err(EngineError::State(
+                    id.to_owned(),
+                    "is running (stop it first, or delete with force)".into(),
+                ));
+            }
+            table.ready.remove(id);
+            table.busy.insert(id.to_owned());
+            container
+        };
+        let result = self.tear_down(&container).await;
+        self.table().busy.remove(id);
+        result
+    }
+
+    async fn tear_down(&self, container: &Arc<Container>) -> Result<(), EngineError> {
+        // A created init waiting at the gate exits when the gate drops.
+        drop(container.take_gate());
+        let cgroup = container.cgroup.clone();
+        tokio::task::spawn_blocking(move || cgroup.kill_all())
+            .await
+            .map_err(|e| EngineError::Internal(format!("kill task failed: {e}")))??;
+        if tokio::time::timeout(KILL_WAIT, container.init.wait())
+            .await
+            .is_err()
+        {
+            return Err(EngineError::Internal(format!(
+                "init of {} did not exit within {KILL_WAIT:?} of SIGKILL",
+                container.id
+            )));
+        }
+        let cgroup = container.cgroup.clone();
+        let dir = container.dir.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), EngineError> {
+            cgroup.destroy()?;
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| EngineError::Io(format!("removing {}", dir.display()), e))
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("delete task failed: {e}")))?
+    }
+
+    /// Removes every container (the agent is stopping): their processes
+    /// die, their cgroups and folders go. Outside a VM this is what keeps a
+    /// stopped agent from leaving containers running on the host.
+    pub async fn shutdown(&self) {
+        let ids: Vec<String> = self.table().ready.keys().cloned().collect();
+        for id in ids {
+            if let Err(e) = self.delete(&id, true).await {
+                eprintln!("husk-agent: removing container {id} at shutdown: {e}");
+            }
+        }
+        if let Ok(manager) = &self.cgroups {
+            manager.release();
+        }
+    }
+
+    pub fn state(&self, id: &str) -> Result<pb::ContainerState, EngineError> {
+        Ok(self.get(id)?.state())
+    }
+
+    pub fn list(&self) -> Vec<pb::ContainerState> {
+        let mut all: Vec<_> = self.table().ready.values().map(|c| c.state()).collect();
+        all.sort_by(|a, b| a.container_id.cmp(&b.container_id));
+        all
+    }
+
+    pub async fn update(&self, id: &str, resources_json: &[u8]) -> Result<(), EngineError> {
+        let container = self.get(id)?;
+        let resources = spec::parse_resources(resources_json)?;
+        let cgroup = container.cgroup.clone();
+        tokio::task::spawn_blocking(move || cgroup.apply(&resources))
+            .await
+            .map_err(|e| EngineError::Internal(format!("update task failed: {e}")))??;
+        Ok(())
+    }
+
+    pub async fn stats(&self, id: &str) -> Result<pb::CgroupStats, EngineError> {
+        let cgroup: Arc<Cgroup> = self.get(id)?.cgroup.clone();
+        let s = tokio::task::spawn_blocking(move || cgroup.stats())
+            .await
+            .map_err(|e| EngineError::Internal(format!("stats task failed: {e}")))??;
+        Ok(pb::CgroupStats {
+            cpu_usage_usec: s.cpu_usage_usec,
+            cpu_user_usec: s.cpu_user_usec,
+            cpu_system_usec: s.cpu_system_usec,
+            cpu_nr_throttled: s.cpu_nr_throttled,
+            cpu_throttled_usec: s.cpu_throttled_usec,
+            memory_usage_bytes: s.memory_usage_bytes,
+            memory_limit_bytes: s.memory_limit_bytes,
+            memory_working_set_bytes: s.memory_working_set_bytes,
+            memory_anon_bytes: s.memory_anon_bytes,
+            memory_file_bytes: s.memory_file_bytes,
+            memory_oom_kills: s.memory_oom_kills,
+            pids_current: s.pids_current,
+            pids_limit: s.pids_limit,
+            io_read_bytes: s.io_read_bytes,
+            io_write_bytes: s.io_write_bytes,
+            io_read_ops: s.io_read_ops,
+            io_write_ops: s.io_write_ops,
+            cgroup_version: match s.version {
+                cgroups::CgroupVersion::V1 => "v1",
+                cgroups::CgroupVersion::V2 => "v2",
+            }
+            .into(),
+        })
+    }
+
+    pub async fn write_stdin(
+        &self,
+        id: &str,
+        exec_id: &str,
+        data: &[u8],
+    ) -> Result<(), EngineError> {
+        Ok(self.process(id, exec_id)?.write_stdin(data).await?)
+    }
+
+    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), EngineError> {
+        Ok(self.process(id, exec_id)?.close_stdin().await?)
+    }
+
+    pub fn read_output(
+        &self,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<mpsc::Receiver<Result<pb::OutputChunk, tonic::Status>>, EngineError> {
+        Ok(self.process(id, exec_id)?.read_output()?)
+    }
+
+    pub fn resize(&self, id: &str, exec_id: &str, rows: u32, cols: u32) -> Result<(), EngineError> {
+        let bad = |f: &str| EngineError::Spec(spec::SpecError::invalid(f, "must be 1..=65535"));
+        let rows = u16::try_from(rows)
+            .ok()
+            .filter(|&r| r > 0)
+            .ok_or_else(|| bad("rows"))?;
+        let cols = u16::try_from(cols)
+            .ok()
+            .filter(|&c| c > 0)
+            .ok_or_else(|| bad("cols"))?;
+        let process = self.process(id, exec_id)?;
+        stdio::resize(&process.terminal, rows, cols)
+            .map_err(|e| EngineError::State(id.to_owned(), e.to_string()))
+    }
+}
+
+/// The pid namespace a new container's init is born in.
+fn pid_namespace(spec: &Spec) -> PidNamespace {
+    let pid = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|ns| {
+            ns.iter()
+                .find(|n| n.typ() == LinuxNamespaceType::Pid)
+                .cloned()
+        });
+    match pid {
+        None => PidNamespace::Same,
+        Some(ns) => match ns.path() {
+            Some(path) => PidNamespace::Join(path.clone()),
+            None => PidNamespace::New,
+        },
+    }
+}
