@@ -8,6 +8,7 @@ mod engine;
 mod files;
 mod listener;
 mod metrics;
+mod mountinfo;
 mod pid1;
 mod reaper;
 mod sandbox;

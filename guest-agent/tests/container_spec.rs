@@ -170,7 +170,8 @@ async fn readonly_rootfs_mounts_masked_and_readonly_paths() {
                   cat /vol/data; touch /vol/z 2>&1; echo rc=$?; \
                   wc -c < /etc/hosts; ls -A /root | wc -l; \
                   (echo 1 > /proc/sys/kernel/hostname) 2>&1; echo rc=$?; \
-                  ls /dev/null /dev/zero /dev/pts/ptmx >/dev/null && echo devs";
+                  ls /dev/null /dev/zero /dev/pts/ptmx >/dev/null && echo devs; \
+                  cut -d' ' -f2,3 /proc/mounts";
     let out = ok(&agent, "mounts", s, script).await;
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].contains("Read-only file system"), "{out}");
@@ -184,6 +185,24 @@ async fn readonly_rootfs_mounts_masked_and_readonly_paths() {
     assert!(lines[8].contains("Read-only file system"), "{out}");
     assert_eq!(lines[9], "rc=1");
     assert_eq!(lines[10], "devs");
+    // The default spec's mounts, each its own filesystem type.
+    let mounts = &lines[11..];
+    for want in [
+        "/ overlay",
+        "/proc proc",
+        "/dev tmpfs",
+        "/dev/pts devpts",
+        "/dev/shm tmpfs",
+        "/dev/mqueue mqueue",
+        "/sys sysfs",
+        "/scratch tmpfs",
+    ] {
+        assert!(mounts.contains(&want), "no {want:?} in {mounts:?}");
+    }
+    assert!(
+        mounts.iter().any(|m| m.starts_with("/sys/fs/cgroup ")),
+        "no cgroup mount in {mounts:?}"
+    );
     assert!(!volume.join("z").exists());
 }
 

@@ -57,14 +57,28 @@ const HOSTS: &str = "\
 /// is either absent or complete, even when a build dies half-way or two
 /// builds race (the loser drops its copy).
 pub fn build_layer(dir: &Path) -> anyhow::Result<()> {
+    build_layer_from(&host_binary()?, dir)
+}
+
+/// This machine's static busybox, installing Debian's busybox-static first
+/// if needed.
+pub fn host_binary() -> anyhow::Result<PathBuf> {
     debian::ensure_installed(&[PACKAGE])?;
+    Ok(PathBuf::from(HOST_BUSYBOX))
+}
+
+/// [`build_layer`] from a given static busybox binary, without touching
+/// packages: what the rig's L1 host does with the busybox the payload
+/// carries.
+pub fn build_layer_from(busybox: &Path, dir: &Path) -> anyhow::Result<()> {
     let stamp = stamp_text();
     if is_built(dir, &stamp) {
         return Ok(());
     }
     let tmp = sibling(dir, &format!("tmp{}", std::process::id()))?;
     let _ = fs::remove_dir_all(&tmp);
-    populate(&tmp).with_context(|| format!("cannot build a busybox layer in {}", tmp.display()))?;
+    populate(&tmp, busybox)
+        .with_context(|| format!("cannot build a busybox layer in {}", tmp.display()))?;
     fs::write(tmp.join(STAMP), &stamp)?;
     if dir.exists() && !is_built(dir, &stamp) {
         // Stale (older layout or busybox) or left half-way by hand.
@@ -106,7 +120,7 @@ fn sibling(dir: &Path, suffix: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Writes the layer's whole tree into the empty folder `root`.
-fn populate(root: &Path) -> anyhow::Result<()> {
+fn populate(root: &Path, source: &Path) -> anyhow::Result<()> {
     for dir in ["bin", "etc", "proc", "sys", "dev", "root", "tmp"] {
         fs::create_dir_all(root.join(dir))?;
     }
@@ -114,20 +128,23 @@ fn populate(root: &Path) -> anyhow::Result<()> {
     fs::set_permissions(root.join("root"), fs::Permissions::from_mode(0o700))?;
     fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777))?;
     let busybox = root.join("bin/busybox");
-    fs::copy(HOST_BUSYBOX, &busybox)
-        .with_context(|| format!("cannot copy {HOST_BUSYBOX} (from {PACKAGE})"))?;
+    fs::copy(source, &busybox).with_context(|| format!("cannot copy {}", source.display()))?;
     fs::set_permissions(&busybox, fs::Permissions::from_mode(0o755))?;
-    link_applets(root)?;
+    link_applets(root, source)?;
     fs::write(root.join("etc/passwd"), PASSWD)?;
     fs::write(root.join("etc/group"), GROUP)?;
     fs::write(root.join("etc/hosts"), HOSTS)?;
     Ok(())
 }
 
-/// A relative `bin/<applet> -> busybox` symlink per applet the copied
-/// binary itself lists, so every name busybox answers to is on PATH.
-fn link_applets(root: &Path) -> anyhow::Result<()> {
-    let applets = applets(&root.join("bin/busybox"))?;
+/// A relative `bin/<applet> -> busybox` symlink per applet busybox
+/// lists, so every name it answers to is on PATH.
+///
+/// The applets are listed by the source binary, not the fresh copy: a
+/// thread of the same process forking while the copy's write fd is open
+/// would make exec'ing the copy fail with ETXTBSY.
+fn link_applets(root: &Path, source: &Path) -> anyhow::Result<()> {
+    let applets = applets(source)?;
     ensure!(
         ["sh", "true", "sleep", "cat"]
             .iter()

@@ -43,6 +43,8 @@ use self::process::{ExitContext, TrackedProcess};
 pub use self::spec::check_sysctl;
 use crate::reaper::Reaper;
 
+/// How long the agent's shutdown lets containers handle SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How long Delete waits for a killed container's init to be reaped.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
@@ -398,7 +400,13 @@ impl Engine {
             container
         };
         let result = self.tear_down(&container).await;
-        self.table().busy.remove(id);
+        let mut table = self.table();
+        table.busy.remove(id);
+        if result.is_err() {
+            // Still there in part: keep it listed so a later delete can
+            // finish the job.
+            table.ready.insert(id.to_owned(), container);
+        }
         result
     }
 
@@ -433,7 +441,19 @@ impl Engine {
     /// die, their cgroups and folders go. Outside a VM this is what keeps a
     /// stopped agent from leaving containers running on the host.
     pub async fn shutdown(&self) {
-        let ids: Vec<String> = self.table().ready.keys().cloned().collect();
+        let containers: Vec<Arc<Container>> = self.table().ready.values().cloned().collect();
+        // SIGTERM first, as a node shutting down would, then what is left
+        // is killed by the deletes below.
+        for c in &containers {
+            let _ = c.cgroup.signal_all(nix::sys::signal::Signal::SIGTERM);
+        }
+        let all_exited = async {
+            for c in &containers {
+                c.init.wait().await;
+            }
+        };
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, all_exited).await;
+        let ids: Vec<String> = containers.iter().map(|c| c.id.clone()).collect();
         for id in ids {
             if let Err(e) = self.delete(&id, true).await {
                 eprintln!("husk-agent: removing container {id} at shutdown: {e}");

@@ -9,6 +9,8 @@ use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{sync, Pid};
 
+use crate::mountinfo;
+
 /// How long processes get to exit after SIGTERM before SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(2);
 /// How long we wait for SIGKILLed processes to be reaped.
@@ -65,77 +67,23 @@ async fn terminate_all(signal: Signal, grace: Duration) {
 /// (the console keeps /dev open) is remounted read-only, which still flushes
 /// it. Failures are ignored: the reset comes next either way.
 fn unmount_all() {
-    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    let Ok(mounts) = mountinfo::read("/proc/self/mountinfo") else {
         return;
     };
-    for target in mount_points(&mountinfo).iter().rev() {
-        if target == "/" {
+    for target in mounts.iter().rev().map(|m| &m.mount_point) {
+        if target.as_os_str() == "/" {
             continue;
         }
-        if umount2(target.as_str(), MntFlags::empty()).is_err() {
+        if umount2(target, MntFlags::empty()).is_err() {
             let flags = MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-            let _ = mount(
-                None::<&str>,
-                target.as_str(),
-                None::<&str>,
-                flags,
-                None::<&str>,
-            );
+            let _ = mount(None::<&str>, target, None::<&str>, flags, None::<&str>);
         }
     }
-}
-
-/// Mount points from /proc/self/mountinfo, in mount order. Field 5 is the
-/// mount point with space, tab, newline and backslash escaped as `\ooo`
-/// (parsed by hand: the format is one line of fields, no crate needed).
-fn mount_points(mountinfo: &str) -> Vec<String> {
-    mountinfo
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(unescape_octal)
-        .collect()
-}
-
-fn unescape_octal(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
-            let s = std::str::from_utf8(d).ok()?;
-            u8::from_str_radix(s, 8).ok()
-        });
-        match (bytes[i], octal) {
-            (b'\\', Some(b)) => {
-                out.push(b);
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_mount_points_in_order_and_unescapes() {
-        let info = "\
-22 1 0:20 / / rw - rootfs rootfs rw
-23 22 0:21 / /proc rw,nosuid - proc proc rw
-24 22 0:22 / /mnt/a\\040b rw - tmpfs tmpfs rw
-25 24 0:23 / /mnt/a\\040b/c\\134d rw - tmpfs tmpfs rw
-";
-        assert_eq!(
-            mount_points(info),
-            ["/", "/proc", "/mnt/a b", "/mnt/a b/c\\d"]
-        );
-    }
 
     #[tokio::test]
     async fn refuses_to_power_off_unless_pid1() {

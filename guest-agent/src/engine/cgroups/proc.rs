@@ -6,6 +6,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use super::CgroupError;
+use crate::mountinfo;
 
 /// One line of `/proc/self/cgroup`.
 #[derive(Debug, PartialEq, Eq)]
@@ -53,23 +54,19 @@ pub fn parse_own_cgroups(content: &str) -> Result<Vec<OwnCgroup>, CgroupError> {
 
 /// The cgroup mounts in a mountinfo file; other lines are skipped.
 pub fn parse_cgroup_mounts(content: &str) -> Vec<CgroupMount> {
-    content
-        .lines()
-        .filter_map(|line| {
-            let (head, tail) = line.split_once(" - ")?;
-            let head: Vec<&str> = head.split_whitespace().collect();
-            let mut tail = tail.split_whitespace();
-            let v2 = match tail.next()? {
+    mountinfo::parse(content.as_bytes())
+        .into_iter()
+        .filter_map(|m| {
+            let v2 = match m.fstype.as_str() {
                 "cgroup2" => true,
                 "cgroup" => false,
                 _ => return None,
             };
-            let options = tail.nth(1)?.split(',').map(str::to_string).collect();
             Some(CgroupMount {
-                root: unescape(head.get(3)?),
-                mount_point: PathBuf::from(unescape(head.get(4)?)),
+                root: m.root.to_string_lossy().into_owned(),
+                mount_point: m.mount_point,
                 v2,
-                options,
+                options: m.super_options.split(',').map(str::to_string).collect(),
             })
         })
         .collect()
@@ -94,29 +91,6 @@ pub fn relative_to(own: &str, root: &str) -> Result<PathBuf, CgroupError> {
         }
     }
     Ok(relative)
-}
-
-/// mountinfo escapes space, tab, newline and backslash as \ooo.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match octal {
-            Some(d) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]

@@ -143,8 +143,14 @@ fn supports_lowerdir_plus() -> bool {
     let Ok(fs) = fsopen("overlay") else {
         return false;
     };
+    // Before 6.5 overlayfs sits behind the kernel's legacy adapter, which
+    // accepts any key and only parses the options at create time (our
+    // guest's 6.1 does that): a key no kernel knows tells them apart.
+    if fsconfig_string(&fs, "husk-no-such-option", Path::new("x")) != Err(Errno::EINVAL) {
+        return false;
+    }
     // A path that cannot exist: a new kernel looks it up (ENOENT),
-    // an old one rejects the key (EINVAL).
+    // an older one rejects the key (EINVAL).
     fsconfig_string(&fs, "lowerdir+", Path::new("/\u{1}husk-probe\u{1}")) != Err(Errno::EINVAL)
 }
 

@@ -1,7 +1,5 @@
 //! Mount propagation and the final switch into the new root.
 
-use std::ffi::OsString;
-use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -12,6 +10,7 @@ use oci_spec::runtime::Spec;
 use super::options;
 use super::sys::{mount, set_propagation};
 use super::RootfsError;
+use crate::mountinfo;
 
 /// How to make the rootfs "/".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -96,9 +95,9 @@ pub(super) fn switch(rootfs: &Path, how: SwitchRoot) -> Result<(), RootfsError> 
 /// the rootfs, where path walks cannot reach it (".." from the top of a
 /// mount stacked on "/" comes back to that mount).
 fn move_root(rootfs: &Path) -> Result<(), RootfsError> {
-    let text = std::fs::read("/proc/thread-self/mountinfo")
+    let mounts = mountinfo::read("/proc/thread-self/mountinfo")
         .map_err(|e| RootfsError::sys(FIELD, "read", "/proc/thread-self/mountinfo")(io_errno(e)))?;
-    let mut points: Vec<PathBuf> = parse_mountinfo(&text)
+    let mut points: Vec<PathBuf> = mounts
         .into_iter()
         .map(|m| m.mount_point)
         .filter(|p| !rootfs.starts_with(p) && !p.starts_with(rootfs))
@@ -126,8 +125,8 @@ fn move_root(rootfs: &Path) -> Result<(), RootfsError> {
 }
 
 fn root_is_initramfs() -> bool {
-    std::fs::read("/proc/thread-self/mountinfo").is_ok_and(|text| {
-        parse_mountinfo(&text)
+    mountinfo::read("/proc/thread-self/mountinfo").is_ok_and(|mounts| {
+        mounts
             .iter()
             .any(|m| m.mount_point == Path::new("/") && m.fstype == "rootfs")
     })
@@ -137,84 +136,11 @@ fn io_errno(e: std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-/// The two mountinfo fields this module needs.
-#[derive(Debug, PartialEq, Eq)]
-struct MountInfo {
-    mount_point: PathBuf,
-    fstype: String,
-}
-
-/// Parses /proc/*/mountinfo: field 5 is the mount point, the field after
-/// the lone `-` the filesystem type. Hand-written: two fields do not
-/// justify a crate.
-fn parse_mountinfo(text: &[u8]) -> Vec<MountInfo> {
-    let text = String::from_utf8_lossy(text);
-    text.lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split(' ').collect();
-            let dash = fields.iter().position(|f| *f == "-")?;
-            Some(MountInfo {
-                mount_point: PathBuf::from(unescape(fields.get(4)?)),
-                fstype: fields.get(dash + 1)?.to_string(),
-            })
-        })
-        .collect()
-}
-
-/// Undoes the kernel's octal escaping of space, tab, newline and `\`.
-fn unescape(field: &str) -> OsString {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
-            let s = std::str::from_utf8(d).ok()?;
-            u8::from_str_radix(s, 8).ok()
-        });
-        match (bytes[i], octal) {
-            (b'\\', Some(b)) => {
-                out.push(b);
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    OsString::from_vec(out)
-}
-
 #[cfg(test)]
 mod tests {
     use oci_spec::runtime::{LinuxBuilder, SpecBuilder};
 
     use super::*;
-
-    #[test]
-    fn mountinfo_fields_and_escapes() {
-        let text = b"22 1 0:20 / / rw - rootfs rootfs rw\n\
-            36 22 98:0 /mnt1 /mnt\\040two rw,noatime master:1 shared:2 - ext4 /dev/root rw\n\
-            37 22 0:5 / /a\\134b rw - tmpfs tmpfs rw\n";
-        let got = parse_mountinfo(text);
-        assert_eq!(
-            got,
-            vec![
-                MountInfo {
-                    mount_point: "/".into(),
-                    fstype: "rootfs".into()
-                },
-                MountInfo {
-                    mount_point: "/mnt two".into(),
-                    fstype: "ext4".into()
-                },
-                MountInfo {
-                    mount_point: "/a\\b".into(),
-                    fstype: "tmpfs".into()
-                },
-            ]
-        );
-    }
 
     #[test]
     fn root_propagation_defaults_to_none_and_maps_names() {

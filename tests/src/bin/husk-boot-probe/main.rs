@@ -27,6 +27,8 @@ use husk::agent_client::{AgentAddr, AgentClient};
 use husk_proto::{AGENT_VSOCK_PORT, SHARED_DIR_GUEST_PATH};
 use husk_tests::{guest_memory, stats};
 
+mod containers;
+
 #[derive(Parser)]
 struct Args {
     /// The VMM(s) to boot with: `qemu`, `husk-vmm`, or a comma-separated
@@ -40,6 +42,11 @@ struct Args {
     /// agent read a file the host wrote there and write one the host reads.
     #[arg(long)]
     shared_dir_check: bool,
+    /// With husk-vmm: build a busybox image layer in the shared folder from
+    /// this static busybox, then run containers in the guest through the
+    /// agent's container API (cgroup v2 limits, an OOM kill, an exec).
+    #[arg(long, value_name = "BUSYBOX")]
+    container_check: Option<PathBuf>,
     /// Guest kernel (ELF vmlinux).
     #[arg(long)]
     kernel: PathBuf,
@@ -60,6 +67,9 @@ struct Args {
     #[arg(long)]
     verbose: bool,
 }
+
+/// The busybox layer's folder name in the shared folder.
+const LAYER: &str = "busybox";
 
 /// The line husk-agent prints once it serves its API.
 const READY_PREFIX: &str = "husk-agent ready ";
@@ -101,8 +111,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
     }
     let vmms = Vmm::parse_list(&args.vmm, husk_vmm_path(args))?;
-    if args.shared_dir_check && !vmms.iter().any(|v| matches!(v, Vmm::HuskVmm(_))) {
-        bail!("--shared-dir-check needs --vmm husk-vmm (QEMU here has no virtio-fs daemon)");
+    if (args.shared_dir_check || args.container_check.is_some())
+        && !vmms.iter().any(|v| matches!(v, Vmm::HuskVmm(_)))
+    {
+        bail!("--shared-dir-check and --container-check need --vmm husk-vmm (QEMU here has no virtio-fs daemon)");
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -204,7 +216,7 @@ impl Vmm {
             // and in-kernel vhost-vsock.
             Vmm::Qemu => "microvm,rtc=on,acpi=off+vhost-vsock".to_owned(),
             Vmm::HuskVmm(_) => {
-                let fs = if args.shared_dir_check {
+                let fs = if args.uses_shared_dir() {
                     "+virtio-fs"
                 } else {
                     ""
@@ -256,7 +268,7 @@ impl Vmm {
                     .arg(scratch.vsock_uds())
                     // husk-vmm's base command line already has `quiet`.
                     .args(["--cid", &GUEST_CID.to_string()]);
-                if args.shared_dir_check {
+                if args.uses_shared_dir() {
                     cmd.arg("--shared-dir").arg(scratch.shared_dir());
                 }
                 cmd
@@ -308,9 +320,18 @@ impl Drop for Scratch {
     }
 }
 
+impl Args {
+    fn uses_shared_dir(&self) -> bool {
+        self.shared_dir_check || self.container_check.is_some()
+    }
+}
+
 fn boot_once(args: &Args, vmm: &Vmm, runtime: &tokio::runtime::Runtime) -> anyhow::Result<Boot> {
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let scratch = Scratch::new()?;
+    if let Some(busybox) = &args.container_check {
+        husk_tests::busybox::build_layer_from(busybox, &scratch.shared_dir().join(LAYER))?;
+    }
     let mut cmd = vmm.command(args, &scratch);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -359,6 +380,9 @@ fn boot_once(args: &Args, vmm: &Vmm, runtime: &tokio::runtime::Runtime) -> anyho
         );
         if args.shared_dir_check && matches!(vmm, Vmm::HuskVmm(_)) {
             check_shared_dir(&agent, &scratch.shared_dir()).await?;
+        }
+        if args.container_check.is_some() && matches!(vmm, Vmm::HuskVmm(_)) {
+            containers::check(&agent).await?;
         }
         // Just before Shutdown: the guest has done all it will do.
         let guest_kib = guest_memory::guest_touched_kib(pid, args.memory_mib)
