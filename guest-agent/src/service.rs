@@ -56,6 +56,23 @@ impl AgentService {
     }
 }
 
+impl AgentService {
+    /// Runs a call that changes containers on its own task: a client that
+    /// hangs up mid-call drops this future, not the work, so a container or
+    /// process is never left half-made or untracked.
+    async fn run_to_completion<T, F, Fut>(&self, call: F) -> Result<T, Status>
+    where
+        F: FnOnce(Arc<Engine>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, crate::engine::EngineError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(call(self.engine.clone()))
+            .await
+            .map_err(|e| Status::internal(format!("engine task failed: {e}")))?
+            .map_err(Status::from)
+    }
+}
+
 fn reply<T>(value: T) -> Result<Response<T>, Status> {
     Ok(Response::new(value))
 }
@@ -129,7 +146,10 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::CreateContainerRequest>,
     ) -> Result<Response<pb::CreateContainerResponse>, Status> {
-        let pid = self.engine.create(request.into_inner()).await?;
+        let request = request.into_inner();
+        let pid = self
+            .run_to_completion(|engine| async move { engine.create(request).await })
+            .await?;
         reply(pb::CreateContainerResponse { pid })
     }
 
@@ -176,7 +196,10 @@ impl Agent for AgentService {
         request: Request<pb::DeleteContainerRequest>,
     ) -> Result<Response<pb::DeleteContainerResponse>, Status> {
         let r = request.into_inner();
-        self.engine.delete(&r.container_id, r.force).await?;
+        self.run_to_completion(
+            |engine| async move { engine.delete(&r.container_id, r.force).await },
+        )
+        .await?;
         reply(pb::DeleteContainerResponse {})
     }
 
@@ -232,7 +255,10 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::ExecProcessRequest>,
     ) -> Result<Response<pb::ExecProcessResponse>, Status> {
-        let pid = self.engine.exec(request.into_inner()).await?;
+        let request = request.into_inner();
+        let pid = self
+            .run_to_completion(|engine| async move { engine.exec(request).await })
+            .await?;
         reply(pb::ExecProcessResponse { pid })
     }
 

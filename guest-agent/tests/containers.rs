@@ -280,6 +280,29 @@ async fn twenty_concurrent_execs() {
         seen += 1;
     }
     assert_eq!(seen, 20);
+
+    // Two calls racing for one exec id: exactly one gets it.
+    let racers: Vec<_> = (0..2)
+        .map(|_| {
+            let agent = agent.clone();
+            tokio::spawn(async move {
+                agent
+                    .exec("box", "same", &process(&["/bin/sleep", "1"]), false)
+                    .await
+            })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for racer in racers {
+        codes.push(racer.await.unwrap().map(|_| ()).map_err(|e| e.code()));
+    }
+    codes.sort_by_key(|c| c.is_err());
+    assert_eq!(
+        codes,
+        [Ok(()), Err(tonic::Code::AlreadyExists)],
+        "{codes:?}"
+    );
+    assert_eq!(agent.wait("box", "same").await.exit_code, 0);
     // Waited execs are forgotten; the container is untouched.
     let state = agent.state("box").await.unwrap();
     assert!(state.exec_ids.is_empty(), "{:?}", state.exec_ids);

@@ -1,14 +1,16 @@
 //! One container: its spec, folder, cgroup, init process and execs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use husk_proto::agent::v1 as pb;
+use husk_proto::MAX_EXECS;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use super::cgroups::Cgroup;
+use super::error::EngineError;
 use super::launch::StartGate;
 use super::process::TrackedProcess;
 
@@ -21,9 +23,17 @@ pub struct Container {
     pub init: Arc<TrackedProcess>,
     /// Present until StartContainer opens it.
     pub gate: Mutex<Option<StartGate>>,
-    pub execs: Mutex<HashMap<String, Arc<TrackedProcess>>>,
+    pub execs: Mutex<Execs>,
     pub created_at_ns: i64,
     pub started_at_ns: AtomicI64,
+}
+
+/// The container's exec'd processes, and the ids of those still starting
+/// (taken, so two ExecProcess calls cannot both use one id).
+#[derive(Default)]
+pub struct Execs {
+    running: HashMap<String, Arc<TrackedProcess>>,
+    starting: HashSet<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -46,11 +56,42 @@ impl Container {
     }
 
     pub fn exec(&self, exec_id: &str) -> Option<Arc<TrackedProcess>> {
-        lock(&self.execs).get(exec_id).cloned()
+        lock(&self.execs).running.get(exec_id).cloned()
     }
 
-    pub fn execs(&self) -> MutexGuard<'_, HashMap<String, Arc<TrackedProcess>>> {
-        lock(&self.execs)
+    /// Takes `exec_id` for a process about to start.
+    pub fn reserve_exec(&self, exec_id: &str) -> Result<(), EngineError> {
+        let mut execs = lock(&self.execs);
+        if execs.running.contains_key(exec_id) || execs.starting.contains(exec_id) {
+            return Err(EngineError::Exists(format!("{}/{exec_id}", self.id)));
+        }
+        if execs.running.len() + execs.starting.len() >= MAX_EXECS {
+            return Err(EngineError::TooMany("execs", MAX_EXECS));
+        }
+        execs.starting.insert(exec_id.to_owned());
+        Ok(())
+    }
+
+    /// Ends a reservation: the process is tracked from now on, or (None)
+    /// it failed to start and the id is free again.
+    pub fn finish_exec(&self, exec_id: &str, started: Option<Arc<TrackedProcess>>) {
+        let mut execs = lock(&self.execs);
+        execs.starting.remove(exec_id);
+        if let Some(process) = started {
+            execs.running.insert(exec_id.to_owned(), process);
+        }
+    }
+
+    /// Forgets an exec whose exit was reported, if it is still `process`.
+    pub fn forget_exec(&self, exec_id: &str, process: &Arc<TrackedProcess>) {
+        let mut execs = lock(&self.execs);
+        if execs
+            .running
+            .get(exec_id)
+            .is_some_and(|p| Arc::ptr_eq(p, process))
+        {
+            execs.running.remove(exec_id);
+        }
     }
 
     /// Whether the spec gives the container a pid namespace of its own
@@ -64,7 +105,7 @@ impl Container {
     }
 
     pub fn state(&self) -> pb::ContainerState {
-        let mut exec_ids: Vec<String> = self.execs().keys().cloned().collect();
+        let mut exec_ids: Vec<String> = lock(&self.execs).running.keys().cloned().collect();
         exec_ids.sort();
         pb::ContainerState {
             container_id: self.id.clone(),

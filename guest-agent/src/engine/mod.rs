@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use husk_proto::agent::v1 as pb;
-use husk_proto::{MAX_CONTAINERS, MAX_EXECS};
+use husk_proto::MAX_CONTAINERS;
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use tokio::sync::{broadcast, mpsc};
 
@@ -276,18 +276,20 @@ impl Engine {
                 "is not running".into(),
             ));
         }
-        {
-            let execs = container.execs();
-            if execs.contains_key(&request.exec_id) {
-                return Err(EngineError::Exists(format!(
-                    "{}/{}",
-                    container.id, request.exec_id
-                )));
-            }
-            if execs.len() >= MAX_EXECS {
-                return Err(EngineError::TooMany("execs", MAX_EXECS));
-            }
-        }
+        container.reserve_exec(&request.exec_id)?;
+        let exec_id = request.exec_id.clone();
+        let started = self.start_exec(&container, request, process).await;
+        container.finish_exec(&exec_id, started.as_ref().ok().map(|(_, p)| p.clone()));
+        started.map(|(pid, _)| pid)
+    }
+
+    /// Launches an exec whose id is reserved; returns its pid and handle.
+    async fn start_exec(
+        &self,
+        container: &Arc<Container>,
+        request: pb::ExecProcessRequest,
+        process: oci_spec::runtime::Process,
+    ) -> Result<(u32, Arc<TrackedProcess>), EngineError> {
         let target = container.init.pid;
         let pid_ns = if container.has_pid_namespace() {
             PidNamespace::Join(PathBuf::from(format!("/proc/{target}/ns/pid")))
@@ -328,8 +330,7 @@ impl Engine {
             },
         )
         .map_err(|e| EngineError::Io("registering stdio".into(), e))?;
-        container.execs().insert(request.exec_id, tracked);
-        Ok(pid)
+        Ok((pid, tracked))
     }
 
     pub fn signal(&self, request: &pb::SignalProcessRequest) -> Result<(), EngineError> {
@@ -372,10 +373,7 @@ impl Engine {
         let status = process.wait().await;
         if !exec_id.is_empty() {
             if let Ok(container) = self.get(id) {
-                let mut execs = container.execs();
-                if execs.get(exec_id).is_some_and(|p| Arc::ptr_eq(p, &process)) {
-                    execs.remove(exec_id);
-                }
+                container.forget_exec(exec_id, &process);
             }
         }
         Ok(status)
