@@ -190,6 +190,14 @@ impl Engine {
         let id_owned = id.to_owned();
         let dir_owned = dir.clone();
         let spec_owned = spec.clone();
+        // Canonical, as the init compares them with resolved paths; a root
+        // that does not exist yet holds nothing to bind anyway.
+        let bind_roots: Vec<PathBuf> = self
+            .config
+            .allowed_mount_roots
+            .iter()
+            .filter_map(|root| root.canonicalize().ok())
+            .collect();
         let built = tokio::task::spawn_blocking(move || {
             let (dir, spec) = (dir_owned, spec_owned);
             let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
@@ -205,6 +213,7 @@ impl Engine {
                     upper: dir.join("upper"),
                     work: dir.join("work"),
                     cgroup_dir: cgroup.unified_path().map(Path::to_path_buf),
+                    bind_roots,
                 },
                 spec,
                 process,

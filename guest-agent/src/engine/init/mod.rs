@@ -103,6 +103,7 @@ fn run(control: &mut File) -> Result<std::convert::Infallible, InitError> {
             upper,
             work,
             cgroup_dir,
+            bind_roots,
         } => {
             let new_uts = namespaces::enter_for_container(&spec)?;
             let plan = RootfsPlan {
@@ -111,6 +112,7 @@ fn run(control: &mut File) -> Result<std::convert::Infallible, InitError> {
                 upper,
                 work,
                 cgroup_dir,
+                bind_roots,
             };
             rootfs::enter(&spec, &plan)?;
             if new_uts {

@@ -46,6 +46,7 @@ pub enum InitMode {
         upper: PathBuf,
         work: PathBuf,
         cgroup_dir: Option<PathBuf>,
+        bind_roots: Vec<PathBuf>,
     },
     /// Join the namespaces of this pid (the container's init, as the agent
     /// sees it). The pid namespace was already joined by the agent.

@@ -47,6 +47,11 @@ pub struct RootfsPlan {
     /// The container's cgroup v2 directory, shown at `cgroup`/`cgroup2`
     /// mounts; `None` on a cgroup v1 host.
     pub cgroup_dir: Option<PathBuf>,
+    /// Canonical folders the spec's bind sources must resolve under. Checked
+    /// again on the source as opened for the mount, so a path swapped for a
+    /// symlink after `validate` (another container writing the shared
+    /// volume) cannot lead elsewhere.
+    pub bind_roots: Vec<PathBuf>,
 }
 
 /// Checks `mounts`, `linux.rootfsPropagation`, `linux.maskedPaths`,

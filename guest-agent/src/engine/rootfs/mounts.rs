@@ -6,7 +6,7 @@
 //! cannot send a mount outside the rootfs.
 
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::{open, OFlag};
 use nix::mount::MsFlags;
@@ -51,7 +51,7 @@ fn mount_one(root: &OwnedFd, i: usize, m: &Mount, plan: &RootfsPlan) -> Result<(
             let source = m.source().as_deref().ok_or_else(|| {
                 RootfsError::invalid(format!("{field}.source"), "", "a bind mount needs a source")
             })?;
-            target.bind(source, &opts)
+            target.bind(source, &opts, Some(&plan.bind_roots))
         }
         MountKind::Cgroup => target.cgroup(plan.cgroup_dir.as_deref(), &opts),
         MountKind::Fs(fstype) => {
@@ -85,11 +85,27 @@ impl Target<'_> {
 
     /// `MS_BIND`, then a bind remount for the per-mount flags, then the
     /// recursive attributes and propagation.
-    fn bind(&self, source: &Path, opts: &MountOptions) -> Result<(), RootfsError> {
+    /// `roots`: where a spec-given source must resolve (None for our own
+    /// cgroup directory).
+    fn bind(
+        &self,
+        source: &Path,
+        opts: &MountOptions,
+        roots: Option<&[PathBuf]>,
+    ) -> Result<(), RootfsError> {
         // Open once and mount what was opened, so the source checked here
         // is the one mounted even if the path changes meanwhile.
         let src = open(source, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(RootfsError::sys(self.field, "open bind source", source))?;
+        if let Some(roots) = roots {
+            check_opened_source(&src, roots).map_err(|reason| {
+                RootfsError::invalid(
+                    format!("{}.source", self.field),
+                    source.display().to_string(),
+                    reason,
+                )
+            })?;
+        }
         let is_dir = fstat(&src)
             .map(|st| SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
             .map_err(RootfsError::sys(self.field, "stat bind source", source))?;
@@ -116,7 +132,7 @@ impl Target<'_> {
         opts.recursive = false;
         opts.data.clear();
         match dir {
-            Some(dir) => self.bind(dir, &opts),
+            Some(dir) => self.bind(dir, &opts, None),
             None => {
                 opts.set |= MsFlags::MS_RDONLY;
                 let dst = self.create(Leaf::Dir)?;
@@ -240,4 +256,45 @@ fn tests_refuse_sysfs() -> bool {
     return REFUSE_SYSFS.load(std::sync::atomic::Ordering::Relaxed);
     #[cfg(not(test))]
     false
+}
+
+/// Where the opened source really is (the kernel's name for the fd, every
+/// symlink resolved) must lie under one of `roots`.
+fn check_opened_source(src: &OwnedFd, roots: &[PathBuf]) -> Result<(), String> {
+    let real = std::fs::read_link(fd_path(src)).map_err(|e| format!("cannot resolve: {e}"))?;
+    if roots.iter().any(|root| real.starts_with(root)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "resolves to {} at mount time, outside the allowed folders",
+            real.display()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod source_tests {
+    use super::*;
+
+    #[test]
+    fn an_opened_source_must_resolve_under_a_root() {
+        let dir = std::env::temp_dir().join(format!("husk-bind-src-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("allowed/vol")).unwrap();
+        std::os::unix::fs::symlink("/etc", dir.join("allowed/escape")).unwrap();
+        let roots = [dir.join("allowed").canonicalize().unwrap()];
+        let opened = |p: &str| {
+            open(
+                &dir.join(p),
+                OFlag::O_PATH | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .unwrap()
+        };
+        assert!(check_opened_source(&opened("allowed/vol"), &roots).is_ok());
+        let err = check_opened_source(&opened("allowed/escape"), &roots).unwrap_err();
+        assert!(err.contains("/etc"), "{err}");
+        assert!(check_opened_source(&opened("."), &roots).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

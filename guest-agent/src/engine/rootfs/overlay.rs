@@ -268,6 +268,7 @@ mod tests {
             upper: "/u".into(),
             work: "/w".into(),
             cgroup_dir: None,
+            bind_roots: vec![],
         };
         assert!(check_plan(&plan(vec!["/a".into()])).is_ok());
         for (lower, field) in [

@@ -141,6 +141,7 @@ fn plan(dir: &Path) -> RootfsPlan {
         upper: dir.join("upper"),
         work: dir.join("work"),
         cgroup_dir: host_cgroup2(),
+        bind_roots: vec![dir.canonicalize().unwrap()],
     }
 }
 
