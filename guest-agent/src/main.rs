@@ -9,6 +9,7 @@ mod files;
 mod listener;
 mod metrics;
 mod mountinfo;
+mod network;
 mod pid1;
 mod reaper;
 mod sandbox;

@@ -135,11 +135,15 @@ impl Agent for AgentService {
 
     async fn setup_network(
         &self,
-        _request: Request<pb::SetupNetworkRequest>,
+        request: Request<pb::SetupNetworkRequest>,
     ) -> Result<Response<pb::SetupNetworkResponse>, Status> {
-        Err(Status::unimplemented(
-            "SetupNetwork is not implemented yet: the sandbox shares the guest's network as the kernel configured it",
-        ))
+        let request = request.into_inner();
+        // Its own task, so a host that gives up on the call does not leave
+        // a link half-configured.
+        tokio::spawn(async move { crate::network::setup(&request).await })
+            .await
+            .map_err(|e| Status::internal(format!("network task failed: {e}")))??;
+        reply(pb::SetupNetworkResponse {})
     }
 
     async fn create_container(
