@@ -1,5 +1,5 @@
-//! `cargo xtask bench ...`: benchmarks that print figures. Targets are
-//! judged from these lines, never by timed assertions in tests.
+//! `cargo xtask bench agent`: containers and execs through husk-agent on
+//! this host against Debian's runc on the same busybox bundle.
 
 use std::fs::{self, File};
 use std::future::Future;
@@ -13,63 +13,11 @@ use husk_proto::agent::v1::{
     CreateContainerRequest, DeleteContainerRequest, ExecProcessRequest, ExitStatus,
     SetupSandboxRequest, StartContainerRequest, WaitProcessRequest,
 };
-use husk_tests::artifacts::boot_probe_command;
-use husk_tests::rig::{self, Options};
 use husk_tests::{busybox, debian, stats};
 use tokio::runtime::Runtime;
 
-use crate::rig::build_artifacts;
-use crate::{cmd, static_bin};
-
-/// The VMMs compared, booted alternately in one rig run so both see the
-/// same emulation noise. QEMU stays in its fastest fair configuration (the
-/// probe's `microvm,rtc=on,acpi=off` + vhost-vsock).
-const VMMS: &str = "qemu,husk-vmm";
-
-/// Boots the guest `runs` times per VMM (QEMU and husk-vmm alternately) in
-/// one rig run and prints one `boot <vmm> ...` line per VMM, then
-/// `ratio husk-vmm/qemu median=<x.xx>`.
-pub fn boot(runs: usize) -> anyhow::Result<()> {
-    if runs == 0 {
-        bail!("--runs must be at least 1");
-    }
-    let artifacts = build_artifacts()?;
-    let command = boot_probe_command(VMMS, runs, "");
-    let options = Options {
-        // Two VMMs per run now.
-        timeout: Duration::from_secs(300 + 2 * 120 * runs as u64),
-        echo: false,
-        ..Default::default()
-    };
-    let run = rig::run(&artifacts.payload(), &command, &options)?;
-    print!("{}", run.output);
-    if !run.success() {
-        bail!("the boot benchmark failed with status {}", run.exit_code);
-    }
-    println!(
-        "rig mode={:?} startup_ms={} total_ms={}",
-        run.mode,
-        run.startup.as_millis(),
-        run.total.as_millis()
-    );
-    let summary = summary_lines(&run.output);
-    if !summary.iter().any(|l| l.starts_with("ratio ")) {
-        bail!("the boot probe printed no ratio line; output above");
-    }
-    for line in summary {
-        println!("{line}");
-    }
-    Ok(())
-}
-
-/// The probe's `boot ...` lines, then its `ratio ...` line last.
-fn summary_lines(output: &str) -> Vec<&str> {
-    let boots = output.lines().filter(|l| l.starts_with("boot "));
-    let ratio = output.lines().filter(|l| l.starts_with("ratio "));
-    boots.chain(ratio).collect()
-}
-
-// ---- cargo xtask bench agent ----------------------------------------------
+use super::runc::Runc;
+use crate::static_bin;
 
 /// The image layer every benchmarked container runs, a folder under the
 /// agent's shared root.
@@ -80,7 +28,7 @@ const LAYER: &str = "busybox";
 const AGENT_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The container the exec figures run in.
-const SLEEPER: &str = "sleeper";
+pub(super) const SLEEPER: &str = "sleeper";
 
 /// Runs the busybox container `runs` times under husk-agent (an ordinary
 /// root process on this host, talking gRPC over a unix socket) and runc
@@ -464,109 +412,10 @@ impl Drop for AgentProcess {
     }
 }
 
-/// runc with its state, log and bundles in the benchmark's scratch folder,
-/// so nothing it does touches the host's own runc state.
-struct Runc {
-    root: PathBuf,
-    log: PathBuf,
-    /// Runs `/bin/true`.
-    bundle: PathBuf,
-    /// Runs `/bin/sleep 3600`.
-    sleeper_bundle: PathBuf,
-}
-
-impl Runc {
-    /// Writes both bundles, each with its own copy of `layer` as rootfs.
-    fn new(scratch: &Path, layer: &Path) -> anyhow::Result<Self> {
-        let runc = Self {
-            root: scratch.join("runc"),
-            log: scratch.join("runc.log"),
-            bundle: scratch.join("bundle"),
-            sleeper_bundle: scratch.join("bundle-sleeper"),
-        };
-        write_bundle(&runc.bundle, layer, &["/bin/true"])?;
-        write_bundle(&runc.sleeper_bundle, layer, &["/bin/sleep", "3600"])?;
-        Ok(runc)
-    }
-
-    /// `runc run` of the `/bin/true` bundle: create, start, wait and
-    /// delete in one command, like the agent's four calls.
-    fn create_start(&self, id: &str) -> anyhow::Result<()> {
-        let mut run = self.command();
-        run.args(["run", "--bundle"]).arg(&self.bundle).arg(id);
-        let result = self.check(&mut run);
-        if result.is_err() {
-            let _ = self.delete(id);
-        }
-        result
-    }
-
-    /// Starts [`SLEEPER`] detached.
-    fn start_sleeper(&self) -> anyhow::Result<()> {
-        let mut run = self.command();
-        run.args(["run", "-d", "--bundle"])
-            .arg(&self.sleeper_bundle)
-            .arg(SLEEPER);
-        let result = self.check(&mut run);
-        if result.is_err() {
-            let _ = self.delete(SLEEPER);
-        }
-        result
-    }
-
-    /// `runc exec` of `/bin/true` in [`SLEEPER`]; runc waits for it.
-    fn exec(&self) -> anyhow::Result<()> {
-        self.check(self.command().args(["exec", SLEEPER, "/bin/true"]))
-    }
-
-    /// Force-deletes container `id`, running or not.
-    fn delete(&self, id: &str) -> anyhow::Result<()> {
-        self.check(self.command().args(["delete", "-f", id]))
-    }
-
-    /// runc with our state root and log. Its stdio, which the container
-    /// inherits, is null: a detached container must not hold our pipes.
-    fn command(&self) -> Command {
-        let mut runc = Command::new("runc");
-        runc.arg("--root")
-            .arg(&self.root)
-            .arg("--log")
-            .arg(&self.log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        runc
-    }
-
-    /// Runs `cmd`, failing unless it exits 0; runc's errors are in its log.
-    fn check(&self, cmd: &mut Command) -> anyhow::Result<()> {
-        let status = cmd
-            .status()
-            .with_context(|| format!("cannot start {cmd:?}"))?;
-        ensure!(
-            status.success(),
-            "{cmd:?} failed ({status}); the end of runc's log:\n{}",
-            last_lines(&fs::read_to_string(&self.log).unwrap_or_default(), 10)
-        );
-        Ok(())
-    }
-}
-
 /// The last `n` lines of `text`: a log's end says why the last step failed.
-fn last_lines(text: &str, n: usize) -> String {
+pub(super) fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// A runc bundle at `dir`: a copy of `layer` as rootfs (`cp -a` keeps
-/// modes and symlinks) and `default_spec(args)` as config.json.
-fn write_bundle(dir: &Path, layer: &Path, args: &[&str]) -> anyhow::Result<()> {
-    fs::create_dir_all(dir)?;
-    let rootfs = dir.join("rootfs");
-    cmd::run(Command::new("cp").arg("-a").arg(layer).arg(&rootfs))?;
-    let spec = serde_json::to_vec_pretty(&busybox::default_spec(args))?;
-    fs::write(dir.join("config.json"), spec)?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -677,19 +526,5 @@ mod tests {
             ["/tmp/b/agent-state/c/rootfs"]
         );
         assert!(mounts_under(mountinfo, Path::new("/tmp/c")).is_empty());
-    }
-
-    #[test]
-    fn summary_keeps_boot_lines_then_the_ratio() {
-        let output = "run 1 vmm=qemu ready_ms=1\nboot qemu median_ms=2\n\
-                      ratio husk-vmm/qemu median=0.50\nboot husk-vmm median_ms=1\nnoise\n";
-        assert_eq!(
-            summary_lines(output),
-            [
-                "boot qemu median_ms=2",
-                "boot husk-vmm median_ms=1",
-                "ratio husk-vmm/qemu median=0.50"
-            ]
-        );
     }
 }
