@@ -2,7 +2,7 @@
 //! the engine is proven where it runs in production: as PID 1's child in
 //! the microVM, on cgroup v2, with image layers arriving over virtio-fs.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use husk::agent_client::AgentClient;
@@ -38,7 +38,9 @@ pub async fn check(agent: &AgentClient) -> anyhow::Result<()> {
         "pids": {"limit": 32},
         "cpu": {"quota": 50000, "period": 100000}
     });
+    let started = Instant::now();
     let (status, out, stats) = run(&mut client, "hello", &hello).await?;
+    let hello_ms = started.elapsed().as_millis();
     ensure!(status.exit_code == 0, "hello exited with {status:?}: {out}");
     ensure!(
         out.starts_with("hello from a husk microVM\nhusk\n"),
@@ -73,6 +75,7 @@ pub async fn check(agent: &AgentClient) -> anyhow::Result<()> {
     // An exec in a running container.
     let sleeper = spec(&["/bin/sleep", "600"]);
     create_start(&mut client, "sleeper", &sleeper).await?;
+    let exec_started = Instant::now();
     let mut process = sleeper["process"].clone();
     process["args"] = json!(["/bin/sh", "-c", "echo exec in $(hostname) as pid $$"]);
     bounded(client.exec_process(pb::ExecProcessRequest {
@@ -85,6 +88,7 @@ pub async fn check(agent: &AgentClient) -> anyhow::Result<()> {
     .context("ExecProcess")?;
     let exec_out = output(&mut client, "sleeper", "e1").await?;
     let exec_status = wait(&mut client, "sleeper", "e1").await?;
+    let exec_ms = exec_started.elapsed().as_millis();
     ensure!(
         exec_status.exit_code == 0 && exec_out.starts_with("exec in husk as pid "),
         "exec: {exec_status:?} {exec_out:?}"
@@ -99,8 +103,10 @@ pub async fn check(agent: &AgentClient) -> anyhow::Result<()> {
         .await?
         .containers;
     ensure!(left.is_empty(), "containers left: {left:?}");
+    // Times include the nested rig's emulation when run there.
     println!(
-        "containers ok cgroup={} hello_memory_limit_mib={} oom_reason={}",
+        "containers ok cgroup={} hello_memory_limit_mib={} oom_reason={} \
+         hello_create_to_delete_ms={hello_ms} exec_round_trip_ms={exec_ms}",
         stats.cgroup_version,
         stats.memory_limit_bytes / MIB,
         status.reason
