@@ -400,3 +400,80 @@ async fn guest_metrics_and_sandbox() {
     );
     assert_eq!(metrics.containers, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_agent_forwards_sigterm_to_containers() {
+    let agent = TestAgent::start("forward").await;
+    let volume = agent.shared().join("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    let mut s = spec(&[]);
+    s["process"]["args"] = json!([
+        "/bin/sh",
+        "-c",
+        "trap 'echo got TERM > /vol/seen; exit 0' TERM; touch /vol/ready; while :; do sleep 0.05; done"
+    ]);
+    s["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/vol", "type": "bind", "source": volume, "options": ["rbind", "rw"]
+    }));
+    agent.create("trapper", &s).await.unwrap();
+    agent.start_container("trapper").await.unwrap();
+    let deadline = std::time::Instant::now() + harness::TIMEOUT;
+    while !volume.join("ready").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the container never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let cgroups_before = agent_cgroups(agent.pid());
+    assert!(!cgroups_before.is_empty(), "no cgroup base for the agent");
+
+    // SIGTERM to the agent, as a supervisor stopping it would send.
+    let pid = nix::unistd::Pid::from_raw(agent.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = std::time::Instant::now() + harness::TIMEOUT;
+    while std::path::Path::new(&format!("/proc/{}", agent.pid())).exists()
+        && !is_zombie(agent.pid())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not stop"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        std::fs::read_to_string(volume.join("seen")).unwrap_or_default(),
+        "got TERM\n",
+        "the container was not sent SIGTERM before the agent stopped"
+    );
+    for dir in cgroups_before {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+/// The agent's cgroup base folders (outside a VM: `husk-agent-<pid>`).
+fn agent_cgroups(pid: u32) -> Vec<std::path::PathBuf> {
+    let name = format!("husk-agent-{pid}");
+    let mut found = Vec::new();
+    let mut stack = vec![std::path::PathBuf::from("/sys/fs/cgroup")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if entry.file_name() == name.as_str() {
+                found.push(path);
+            } else if path.components().count() < 8 {
+                stack.push(path);
+            }
+        }
+    }
+    found
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(") ").next().is_some_and(|r| r.starts_with('Z')))
+        .unwrap_or(true)
+}

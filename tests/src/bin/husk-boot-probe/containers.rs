@@ -31,12 +31,13 @@ pub async fn check(agent: &AgentClient) -> anyhow::Result<()> {
     let mut hello = spec(&[
         "/bin/sh",
         "-c",
-        "echo hello from a husk microVM; hostname; cat /proc/self/cgroup",
+        "echo hello from a husk microVM; hostname; cat /proc/self/cgroup; \
+         cd /sys/fs/cgroup && echo limits $(cat cpu.max cpu.weight memory.max pids.max)",
     ]);
     hello["linux"]["resources"] = json!({
         "memory": {"limit": 64 * MIB},
         "pids": {"limit": 32},
-        "cpu": {"quota": 50000, "period": 100000}
+        "cpu": {"quota": 50000, "period": 100000, "shares": 512}
     });
     let started = Instant::now();
     let (status, out, stats) = run(&mut client, "hello", &hello).await?;
@@ -49,6 +50,12 @@ pub async fn check(agent: &AgentClient) -> anyhow::Result<()> {
     ensure!(
         out.contains("0::/husk/hello"),
         "the container is not in its own cgroup v2: {out:?}"
+    );
+    // The container sees its own cgroup v2 directory at /sys/fs/cgroup;
+    // shares 512 is cpu.weight 20 by the usual conversion.
+    ensure!(
+        out.contains(&format!("limits 50000 100000 20 {} 32\n", 64 * MIB)),
+        "cgroup v2 files do not hold the spec's limits: {out:?}"
     );
     ensure!(
         stats.cgroup_version == "v2"
