@@ -2,7 +2,8 @@
 
 use std::path::PathBuf;
 
-use crate::{initramfs, kernel, static_bin};
+use crate::static_bin::{self, Profile};
+use crate::{initramfs, kernel};
 
 /// The two files a VMM needs to boot a husk guest.
 pub struct GuestImage {
@@ -13,7 +14,7 @@ pub struct GuestImage {
 /// Builds (or reuses) the kernel and the initramfs.
 pub fn build() -> anyhow::Result<GuestImage> {
     let vmlinux = kernel::build()?;
-    let agent = static_bin::build("husk-agent", "husk-agent")?;
+    let agent = static_bin::build("husk-agent", "husk-agent", Profile::Guest)?;
     let initramfs = initramfs::build(&agent)?;
     Ok(GuestImage { vmlinux, initramfs })
 }

@@ -5,15 +5,16 @@
 use husk_tests::artifacts::Artifacts;
 use husk_tests::rig::{self, Options, Payload, RigRun};
 
-use crate::{guest, static_bin};
+use crate::guest;
+use crate::static_bin::{self, Profile};
 
 /// Builds (or reuses) everything a rig run needs from the workspace.
 pub fn build_artifacts() -> anyhow::Result<Artifacts> {
     let image = guest::build()?;
-    let boot_probe = static_bin::build("husk-tests", "husk-boot-probe")?;
+    let boot_probe = static_bin::build("husk-tests", "husk-boot-probe", Profile::Release)?;
     // Static like the probe: the rig's L1 host has no dynamic loader setup
     // for our programs.
-    let husk_vmm = static_bin::build("husk-vmm", "husk-vmm")?;
+    let husk_vmm = static_bin::build("husk-vmm", "husk-vmm", Profile::Release)?;
     Ok(Artifacts {
         vmlinux: image.vmlinux,
         initramfs: image.initramfs,

@@ -18,18 +18,40 @@ use crate::cmd;
 /// ordinary dynamic host programs.
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 
+/// Which cargo profile a binary is built with.
+#[derive(Debug, Clone, Copy)]
+pub enum Profile {
+    /// `release`: the VMM and the programs that run in the rig.
+    Release,
+    /// `guest`: release built for size, for what ships in the guest image,
+    /// where every byte is guest RAM and boot time.
+    Guest,
+}
+
+impl Profile {
+    fn name(self) -> &'static str {
+        match self {
+            Profile::Release => "release",
+            Profile::Guest => "guest",
+        }
+    }
+}
+
 /// Builds `bin` of `package` statically linked and returns its path.
-pub fn build(package: &str, bin: &str) -> anyhow::Result<PathBuf> {
+pub fn build(package: &str, bin: &str, profile: Profile) -> anyhow::Result<PathBuf> {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     cmd::run(
         Command::new(&cargo)
-            .args(["build", "--release", "--target", TARGET])
+            .args(["build", "--profile", profile.name(), "--target", TARGET])
             .args(["-p", package, "--bin", bin])
             .env("RUSTFLAGS", rustflags())
             // Would take precedence over RUSTFLAGS if inherited.
             .env_remove("CARGO_ENCODED_RUSTFLAGS"),
     )?;
-    let path = target_dir(&cargo)?.join(TARGET).join("release").join(bin);
+    let path = target_dir(&cargo)?
+        .join(TARGET)
+        .join(profile.name())
+        .join(bin);
     ensure_static(&path)?;
     Ok(path)
 }
@@ -49,36 +71,12 @@ fn rustflags() -> OsString {
 fn target_dir(cargo: &OsString) -> anyhow::Result<PathBuf> {
     let metadata =
         cmd::output(Command::new(cargo).args(["metadata", "--format-version", "1", "--no-deps"]))?;
-    let dir = json_string_field(&metadata, "target_directory")
+    let metadata: serde_json::Value =
+        serde_json::from_str(&metadata).context("`cargo metadata` printed no JSON")?;
+    let dir = metadata["target_directory"]
+        .as_str()
         .context("`cargo metadata` printed no target_directory")?;
     Ok(PathBuf::from(dir))
-}
-
-/// The value of the first `"key":"..."` string in `json`. Written by hand
-/// because xtask has no JSON parser and this is the only field we need; it
-/// handles the escapes JSON allows in strings.
-fn json_string_field(json: &str, key: &str) -> Option<String> {
-    let start = json.find(&format!("\"{key}\":\""))? + key.len() + 4;
-    let mut out = String::new();
-    let mut chars = json[start..].chars();
-    loop {
-        match chars.next()? {
-            '"' => return Some(out),
-            '\\' => match chars.next()? {
-                'n' => out.push('\n'),
-                't' => out.push('\t'),
-                'r' => out.push('\r'),
-                'b' => out.push('\u{8}'),
-                'f' => out.push('\u{c}'),
-                'u' => {
-                    let hex: String = chars.by_ref().take(4).collect();
-                    out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
-                }
-                other => out.push(other), // \" \\ \/
-            },
-            c => out.push(c),
-        }
-    }
 }
 
 /// Fails unless `path` is an x86-64 ELF executable without a program
@@ -178,15 +176,5 @@ mod tests {
         // Debian's coreutils are dynamically linked.
         let err = ensure_static(Path::new("/bin/ls")).unwrap_err();
         assert!(err.to_string().contains("dynamically linked"), "{err}");
-    }
-
-    #[test]
-    fn reads_json_string_fields_with_escapes() {
-        let json = r#"{"packages":[],"target_directory":"/a \"b\"\\c\u00e9/t","version":1}"#;
-        assert_eq!(
-            json_string_field(json, "target_directory").as_deref(),
-            Some("/a \"b\"\\cé/t")
-        );
-        assert_eq!(json_string_field(json, "missing"), None);
     }
 }

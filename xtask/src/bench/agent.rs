@@ -17,7 +17,7 @@ use husk_tests::{busybox, debian, stats};
 use tokio::runtime::Runtime;
 
 use super::runc::Runc;
-use crate::static_bin;
+use crate::static_bin::{self, Profile};
 
 /// The image layer every benchmarked container runs, a folder under the
 /// agent's shared root.
@@ -42,7 +42,7 @@ pub fn agent(runs: usize) -> anyhow::Result<()> {
     debian::ensure_installed(&["runc", "busybox-static"])?;
     // The static build is the binary the guest runs (and `cargo xtask
     // guest` reuses it).
-    let agent_bin = static_bin::build("husk-agent", "husk-agent")?;
+    let agent_bin = static_bin::build("husk-agent", "husk-agent", Profile::Guest)?;
     let scratch = std::env::temp_dir().join(format!("husk-bench-agent-{}", std::process::id()));
     let _ = fs::remove_dir_all(&scratch);
     fs::create_dir_all(&scratch)?;
