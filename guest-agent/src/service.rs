@@ -56,21 +56,20 @@ impl AgentService {
     }
 }
 
-impl AgentService {
-    /// Runs a call that changes containers on its own task: a client that
-    /// hangs up mid-call drops this future, not the work, so a container or
-    /// process is never left half-made or untracked.
-    async fn run_to_completion<T, F, Fut>(&self, call: F) -> Result<T, Status>
-    where
-        F: FnOnce(Arc<Engine>) -> Fut,
-        Fut: std::future::Future<Output = Result<T, crate::engine::EngineError>> + Send + 'static,
-        T: Send + 'static,
-    {
-        tokio::spawn(call(self.engine.clone()))
-            .await
-            .map_err(|e| Status::internal(format!("engine task failed: {e}")))?
-            .map_err(Status::from)
-    }
+/// Runs a call that changes the guest (containers, processes, links) on
+/// its own task: a client that hangs up mid-call drops this future, not the
+/// work, so nothing is left half-made or untracked.
+async fn run_to_completion<T, E>(
+    call: impl std::future::Future<Output = Result<T, E>> + Send + 'static,
+) -> Result<T, Status>
+where
+    T: Send + 'static,
+    E: Into<Status> + Send + 'static,
+{
+    tokio::spawn(call)
+        .await
+        .map_err(|e| Status::internal(format!("task failed: {e}")))?
+        .map_err(Into::into)
 }
 
 fn reply<T>(value: T) -> Result<Response<T>, Status> {
@@ -140,9 +139,7 @@ impl Agent for AgentService {
         let request = request.into_inner();
         // Its own task, so a host that gives up on the call does not leave
         // a link half-configured.
-        tokio::spawn(async move { crate::network::setup(&request).await })
-            .await
-            .map_err(|e| Status::internal(format!("network task failed: {e}")))??;
+        run_to_completion(async move { crate::network::setup(&request).await }).await?;
         reply(pb::SetupNetworkResponse {})
     }
 
@@ -151,9 +148,8 @@ impl Agent for AgentService {
         request: Request<pb::CreateContainerRequest>,
     ) -> Result<Response<pb::CreateContainerResponse>, Status> {
         let request = request.into_inner();
-        let pid = self
-            .run_to_completion(|engine| async move { engine.create(request).await })
-            .await?;
+        let engine = self.engine.clone();
+        let pid = run_to_completion(async move { engine.create(request).await }).await?;
         reply(pb::CreateContainerResponse { pid })
     }
 
@@ -161,9 +157,9 @@ impl Agent for AgentService {
         &self,
         request: Request<pb::StartContainerRequest>,
     ) -> Result<Response<pb::StartContainerResponse>, Status> {
-        self.engine
-            .start(&request.into_inner().container_id)
-            .await?;
+        let id = request.into_inner().container_id;
+        let engine = self.engine.clone();
+        run_to_completion(async move { engine.start(&id).await }).await?;
         reply(pb::StartContainerResponse {})
     }
 
@@ -200,10 +196,8 @@ impl Agent for AgentService {
         request: Request<pb::DeleteContainerRequest>,
     ) -> Result<Response<pb::DeleteContainerResponse>, Status> {
         let r = request.into_inner();
-        self.run_to_completion(
-            |engine| async move { engine.delete(&r.container_id, r.force).await },
-        )
-        .await?;
+        let engine = self.engine.clone();
+        run_to_completion(async move { engine.delete(&r.container_id, r.force).await }).await?;
         reply(pb::DeleteContainerResponse {})
     }
 
@@ -245,13 +239,7 @@ impl Agent for AgentService {
             .await?;
         reply(pb::ContainerStatsResponse {
             stats: Some(stats),
-            timestamp_ns: i64::try_from(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_nanos(),
-            )
-            .unwrap_or(i64::MAX),
+            timestamp_ns: crate::engine::now_ns(),
         })
     }
 
@@ -260,9 +248,8 @@ impl Agent for AgentService {
         request: Request<pb::ExecProcessRequest>,
     ) -> Result<Response<pb::ExecProcessResponse>, Status> {
         let request = request.into_inner();
-        let pid = self
-            .run_to_completion(|engine| async move { engine.exec(request).await })
-            .await?;
+        let engine = self.engine.clone();
+        let pid = run_to_completion(async move { engine.exec(request).await }).await?;
         reply(pb::ExecProcessResponse { pid })
     }
 

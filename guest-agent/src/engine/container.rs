@@ -7,11 +7,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use husk_proto::agent::v1 as pb;
 use husk_proto::MAX_EXECS;
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::Spec;
 
 use super::cgroups::Cgroup;
 use super::error::EngineError;
-use super::launch::StartGate;
+use super::launch::{PidNamespace, StartGate};
 use super::process::TrackedProcess;
 
 pub struct Container {
@@ -97,11 +97,7 @@ impl Container {
     /// Whether the spec gives the container a pid namespace of its own
     /// (or joins one): then execs must be born in it.
     pub fn has_pid_namespace(&self) -> bool {
-        self.spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().as_ref())
-            .is_some_and(|ns| ns.iter().any(|n| n.typ() == LinuxNamespaceType::Pid))
+        !matches!(super::pid_namespace(&self.spec), PidNamespace::Same)
     }
 
     pub fn state(&self) -> pb::ContainerState {

@@ -41,6 +41,7 @@ use self::container::Container;
 pub use self::error::EngineError;
 use self::init::protocol::{InitConfig, InitMode};
 use self::launch::{launch, PidNamespace};
+pub use self::process::now_ns;
 use self::process::{ExitContext, TrackedProcess};
 pub use self::spec::check_sysctl;
 use crate::reaper::Reaper;
@@ -80,14 +81,17 @@ impl Engine {
         // The guest's only agent owns `husk`; outside a VM several agents
         // may share a host, so each gets its own (removed when it stops).
         const HOST_BASE_PREFIX: &str = "husk-agent-";
-        let base = match std::process::id() {
-            1 => "husk".to_owned(),
-            pid => format!("{HOST_BASE_PREFIX}{pid}"),
+        let in_vm = std::process::id() == 1;
+        let base = if in_vm {
+            "husk".to_owned()
+        } else {
+            format!("{HOST_BASE_PREFIX}{}", std::process::id())
         };
         let cgroups = CgroupManager::detect(&base)
             .map(Arc::new)
             .map_err(|e| e.to_string());
-        if let Ok(manager) = &cgroups {
+        if let (Ok(manager), false) = (&cgroups, in_vm) {
+            // Only outside a VM can another agent have left a base behind.
             manager.sweep_stale(HOST_BASE_PREFIX);
         }
         match &cgroups {
@@ -372,7 +376,7 @@ impl Engine {
 }
 
 /// The pid namespace a new container's init is born in.
-fn pid_namespace(spec: &Spec) -> PidNamespace {
+pub(super) fn pid_namespace(spec: &Spec) -> PidNamespace {
     let pid = spec
         .linux()
         .as_ref()
