@@ -7,7 +7,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use husk::agent_client::{AgentClient, AgentClientError};
+use husk_agent_client::{AgentClient, AgentClientError};
 
 const AGENT: &str = env!("CARGO_BIN_EXE_husk-agent");
 const READY_TIMEOUT: Duration = Duration::from_secs(30);

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use husk::agent_client::AgentClient;
+use husk_agent_client::AgentClient;
 use husk_proto::agent::v1 as pb;
 use husk_proto::agent::v1::agent_client::AgentClient as RawClient;
 use serde_json::{json, Value};

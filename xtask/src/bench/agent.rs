@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use husk::agent_client::AgentClient;
+use husk_agent_client::AgentClient;
 use husk_proto::agent::v1::{
     CreateContainerRequest, DeleteContainerRequest, ExecProcessRequest, ExitStatus,
     SetupSandboxRequest, StartContainerRequest, WaitProcessRequest,

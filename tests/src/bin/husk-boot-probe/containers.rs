@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use husk::agent_client::AgentClient;
+use husk_agent_client::AgentClient;
 use husk_proto::agent::v1 as pb;
 use husk_proto::agent::v1::agent_client::AgentClient as RawClient;
 use serde_json::{json, Value};

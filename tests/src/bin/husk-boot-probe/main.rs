@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
 use clap::Parser;
-use husk::agent_client::{AgentAddr, AgentClient};
+use husk_agent_client::{AgentAddr, AgentClient};
 use husk_proto::{AGENT_VSOCK_PORT, SHARED_DIR_GUEST_PATH};
 use husk_tests::{guest_memory, stats};
 
