@@ -172,7 +172,11 @@ fn check_shared_dir(path: &Path) -> Result<PathBuf, Error> {
 /// Options for a directory owned by one guest: the guest may cache what it
 /// reads (`Auto`, close-to-open consistency, like virtiofsd's default), no
 /// writeback cache (it defers host-visible writes and changes permission
-/// semantics), no xattrs (host security labels stay host-side).
+/// semantics). Xattrs pass through: the guest's overlayfs reads
+/// `trusted.overlay.opaque` on the image layers the daemon unpacks (an
+/// opaque directory has no other representation); the layers themselves
+/// are read-only bind mounts, so the guest can only label files in its own
+/// pod's folder, which the host never executes.
 fn passthrough_config(shared_dir: &Path) -> Result<passthrough::Config, Error> {
     let root_dir = shared_dir
         .to_str()
@@ -183,7 +187,7 @@ fn passthrough_config(shared_dir: &Path) -> Result<passthrough::Config, Error> {
     Ok(passthrough::Config {
         root_dir: root_dir.to_owned(),
         do_import: true,
-        xattr: false,
+        xattr: true,
         writeback: false,
         cache_policy: CachePolicy::Auto,
         ..Default::default()
