@@ -13,12 +13,21 @@ pub const ENV_VMLINUX: &str = "HUSK_GUEST_VMLINUX";
 pub const ENV_INITRAMFS: &str = "HUSK_GUEST_INITRAMFS";
 pub const ENV_BOOT_PROBE: &str = "HUSK_BOOT_PROBE";
 pub const ENV_HUSK_VMM: &str = "HUSK_VMM";
+pub const ENV_HUSK_DAEMON: &str = "HUSK_DAEMON";
+pub const ENV_CRI_E2E: &str = "HUSK_CRI_E2E";
 
 /// Paths relative to `$HUSK_RIG_DIR` inside a rig run.
 pub const RIG_VMLINUX: &str = "guest/vmlinux";
 pub const RIG_INITRAMFS: &str = "guest/initramfs.cpio";
 pub const RIG_BOOT_PROBE: &str = "bin/husk-boot-probe";
 pub const RIG_HUSK_VMM: &str = "bin/husk-vmm";
+pub const RIG_HUSK_DAEMON: &str = "bin/husk";
+pub const RIG_CRI_E2E: &str = "bin/husk-cri-e2e";
+pub const RIG_BUSYBOX: &str = "bin/busybox";
+pub const RIG_REGISTRY: &str = "bin/docker-registry";
+/// Debian's registry (Go, linked against glibc only, which the rig's
+/// system disk carries).
+const REGISTRY_BINARY: &str = "/usr/bin/docker-registry";
 
 /// Built outputs of the workspace.
 #[derive(Debug, Clone)]
@@ -29,6 +38,10 @@ pub struct Artifacts {
     pub boot_probe: PathBuf,
     /// Our VMM, statically linked for the same reason.
     pub husk_vmm: PathBuf,
+    /// The CRI daemon, static too.
+    pub husk_daemon: PathBuf,
+    /// The CRI end-to-end suite, benchmark and demo (static).
+    pub cri_e2e: PathBuf,
 }
 
 impl Artifacts {
@@ -50,6 +63,8 @@ impl Artifacts {
             initramfs: get(ENV_INITRAMFS)?,
             boot_probe: get(ENV_BOOT_PROBE)?,
             husk_vmm: get(ENV_HUSK_VMM)?,
+            husk_daemon: get(ENV_HUSK_DAEMON)?,
+            cri_e2e: get(ENV_CRI_E2E)?,
         })
     }
 
@@ -60,6 +75,8 @@ impl Artifacts {
             (ENV_INITRAMFS, self.initramfs.clone()),
             (ENV_BOOT_PROBE, self.boot_probe.clone()),
             (ENV_HUSK_VMM, self.husk_vmm.clone()),
+            (ENV_HUSK_DAEMON, self.husk_daemon.clone()),
+            (ENV_CRI_E2E, self.cri_e2e.clone()),
         ]
     }
 
@@ -71,6 +88,29 @@ impl Artifacts {
             .file(&self.boot_probe, RIG_BOOT_PROBE)
             .file(&self.husk_vmm, RIG_HUSK_VMM)
     }
+
+    /// The payload of a CRI run: the daemon, the suite, busybox for the
+    /// test images and the registry, with the guest image and VMM.
+    pub fn cri_payload(&self) -> anyhow::Result<Payload> {
+        crate::debian::ensure_installed(&["docker-registry"])?;
+        Ok(self
+            .payload()
+            .file(&self.husk_daemon, RIG_HUSK_DAEMON)
+            .file(&self.cri_e2e, RIG_CRI_E2E)
+            .file(crate::busybox::host_binary()?, RIG_BUSYBOX)
+            .file(REGISTRY_BINARY, RIG_REGISTRY))
+    }
+}
+
+/// The rig command line running `husk-cri-e2e <what>` (suite, demo,
+/// bench ...) on the payload of [`Artifacts::cri_payload`].
+pub fn cri_e2e_command(what: &str) -> String {
+    format!(
+        "\"$HUSK_RIG_DIR/{RIG_CRI_E2E}\" --husk \"$HUSK_RIG_DIR/{RIG_HUSK_DAEMON}\" \
+         --vmm \"$HUSK_RIG_DIR/{RIG_HUSK_VMM}\" --kernel \"$HUSK_RIG_DIR/{RIG_VMLINUX}\" \
+         --initramfs \"$HUSK_RIG_DIR/{RIG_INITRAMFS}\" --busybox \"$HUSK_RIG_DIR/{RIG_BUSYBOX}\" \
+         --registry \"$HUSK_RIG_DIR/{RIG_REGISTRY}\" {what}"
+    )
 }
 
 /// The rig command line that boots our guest `runs` times under `vmm` with

@@ -15,5 +15,6 @@ pub mod busybox;
 pub mod cache;
 pub mod debian;
 pub mod guest_memory;
+pub mod registry;
 pub mod rig;
 pub mod stats;

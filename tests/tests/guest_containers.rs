@@ -7,12 +7,8 @@
 
 use std::time::Duration;
 
-use husk_tests::artifacts::{boot_probe_command, Artifacts};
+use husk_tests::artifacts::{boot_probe_command, Artifacts, RIG_BUSYBOX};
 use husk_tests::rig::{self, Options};
-
-/// Where the payload carries the static busybox the probe builds the layer
-/// from.
-const RIG_BUSYBOX: &str = "bin/busybox";
 
 #[test]
 fn containers_run_in_the_microvm_on_cgroup_v2() {

@@ -1,25 +1,36 @@
-//! `cargo xtask demo`: the main job at this stage of the project. It builds
-//! everything, boots a husk guest with husk-vmm on real KVM (natively where
-//! this host's KVM can boot Linux, otherwise in the nested rig), and shows
-//! husk-agent answering over hybrid vsock and reading and writing the
-//! shared folder before it powers the VM off. It grows into a real pod
-//! through CRI once the daemon exists.
+//! `cargo xtask demo`: the main job. It builds everything, then (natively
+//! where this host's KVM can boot Linux, otherwise in the nested rig)
+//! starts a local registry with a busybox image, starts the husk daemon,
+//! and through the CRI pulls the image, runs a pod in its own microVM with
+//! a container that prints `hello from a husk microVM`, reads the line
+//! from the container's CRI log file and removes everything.
 
 use anyhow::bail;
-use husk_tests::artifacts::boot_probe_command;
+use husk_tests::artifacts::cri_e2e_command;
 use husk_tests::rig::{self, Options};
 
 use crate::rig::build_artifacts;
 
 pub fn run() -> anyhow::Result<()> {
     let artifacts = build_artifacts()?;
-    let command = boot_probe_command("husk-vmm", 1, "--verbose --shared-dir-check");
-    let run = rig::run(&artifacts.payload(), &command, &Options::default())?;
+    let options = Options {
+        echo: false,
+        ..Default::default()
+    };
+    let run = rig::run(
+        &artifacts.cri_payload()?,
+        &cri_e2e_command("demo"),
+        &options,
+    )?;
+    for line in run.output.lines().filter(|l| l.starts_with("demo: ")) {
+        println!("{line}");
+    }
     if !run.success() {
-        bail!("the demo boot failed with status {}", run.exit_code);
+        eprintln!("{}", run.output);
+        bail!("the demo failed with status {}", run.exit_code);
     }
     println!(
-        "husk demo: husk-vmm booted our guest on KVM ({:?} mode); husk-agent answered over hybrid vsock, shared a folder with the host and powered the VM off",
+        "husk demo: a pod ran through the CRI in its own microVM on KVM ({:?} mode)",
         run.mode
     );
     Ok(())

@@ -70,10 +70,26 @@ enum Bench {
         #[arg(long, default_value_t = 30)]
         runs: usize,
     },
+    /// Pods through the CRI in the rig: RunPodSandbox to first log line,
+    /// serial and concurrent, with memory figures.
+    Pods {
+        #[arg(long, default_value_t = 20)]
+        pods: usize,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
 }
 
+/// Debian packages the workspace build itself needs: `protoc` for the CRI
+/// bindings (the k8s-cri crate compiles its .proto at build time). xtask
+/// does not depend on them, so it can install them before building the
+/// rest.
+const BUILD_PACKAGES: &[&str] = &["protobuf-compiler"];
+
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    husk_tests::debian::ensure_installed(BUILD_PACKAGES)?;
+    match cli.command {
         Command::Guest => {
             let image = guest::build()?;
             println!("vmlinux   {}", image.vmlinux.display());
@@ -100,5 +116,8 @@ fn main() -> anyhow::Result<()> {
         Command::Bench {
             which: Bench::Agent { runs },
         } => bench::agent(runs),
+        Command::Bench {
+            which: Bench::Pods { pods, concurrency },
+        } => bench::pods(pods, concurrency),
     }
 }

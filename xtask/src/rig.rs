@@ -15,11 +15,15 @@ pub fn build_artifacts() -> anyhow::Result<Artifacts> {
     // Static like the probe: the rig's L1 host has no dynamic loader setup
     // for our programs.
     let husk_vmm = static_bin::build("husk-vmm", "husk-vmm", Profile::Release)?;
+    let husk_daemon = static_bin::build("husk", "husk", Profile::Release)?;
+    let cri_e2e = static_bin::build("husk-cri-tests", "husk-cri-e2e", Profile::Release)?;
     Ok(Artifacts {
         vmlinux: image.vmlinux,
         initramfs: image.initramfs,
         boot_probe,
         husk_vmm,
+        husk_daemon,
+        cri_e2e,
     })
 }
 

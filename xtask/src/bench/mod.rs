@@ -10,9 +10,11 @@ use husk_tests::rig::{self, Options};
 use crate::rig::build_artifacts;
 
 mod agent;
+mod pods;
 mod runc;
 
 pub use agent::agent;
+pub use pods::pods;
 
 /// The VMMs compared, booted alternately in one rig run so both see the
 /// same emulation noise. QEMU stays in its fastest fair configuration (the

@@ -1,0 +1,193 @@
+//! The pod and container state machine behind the CRI: what exists, in
+//! which state, and the calls that change it. Every change is saved in the
+//! [`StateStore`] before it is acknowledged; a restart rebuilds everything
+//! from those records and the agents of the VMs still running
+//! ([`recovery`]).
+//!
+//! Locking: the tables are behind one short-held std mutex; each pod has
+//! an async mutex that serializes its lifecycle calls (run, stop, remove,
+//! container create/remove), so pods proceed in parallel.
+
+mod agent;
+mod containers;
+mod error;
+mod events;
+mod exec;
+mod ids;
+mod io;
+mod pods;
+mod recovery;
+mod stats;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::config::Config;
+use crate::image::ImageStore;
+use crate::logs::LogWriter;
+use crate::state::{ContainerRecord, PodRecord, StateStore};
+
+pub use agent::PodAgent;
+pub use error::{Result, RuntimeError};
+pub use exec::ExecOutput;
+pub use ids::resolve_id;
+pub use stats::{ContainerStatsSample, PodStatsSample};
+
+/// One pod: its record, its agent once the VM is up, and the channel that
+/// kills its VM.
+pub struct Pod {
+    pub id: String,
+    record: Mutex<PodRecord>,
+    /// Serializes the pod's lifecycle calls.
+    op: tokio::sync::Mutex<()>,
+    agent: Mutex<Option<PodAgent>>,
+    /// Asks the VM's monitor to kill the VMM and tells when it is gone.
+    vm: Mutex<Option<events::VmHandle>>,
+}
+
+impl Pod {
+    fn new(record: PodRecord) -> Arc<Pod> {
+        Arc::new(Pod {
+            id: record.id.clone(),
+            record: Mutex::new(record),
+            op: tokio::sync::Mutex::new(()),
+            agent: Mutex::new(None),
+            vm: Mutex::new(None),
+        })
+    }
+
+    pub fn record(&self) -> PodRecord {
+        self.record.lock().unwrap().clone()
+    }
+
+    fn agent(&self) -> Option<PodAgent> {
+        self.agent.lock().unwrap().clone()
+    }
+}
+
+/// One container: its record and, while its output is being copied, the
+/// log file (shared with ReopenContainerLog).
+pub struct Container {
+    pub id: String,
+    pub pod_id: String,
+    record: Mutex<ContainerRecord>,
+    log: Arc<Mutex<Option<LogWriter>>>,
+    pump: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    last_cpu: Mutex<Option<(i64, u64)>>,
+}
+
+impl Container {
+    fn new(record: ContainerRecord) -> Arc<Container> {
+        Arc::new(Container {
+            id: record.id.clone(),
+            pod_id: record.pod_id.clone(),
+            record: Mutex::new(record),
+            log: Arc::new(Mutex::new(None)),
+            pump: Mutex::new(None),
+            last_cpu: Mutex::new(None),
+        })
+    }
+
+    pub fn record(&self) -> ContainerRecord {
+        self.record.lock().unwrap().clone()
+    }
+}
+
+#[derive(Default)]
+struct Tables {
+    pods: HashMap<String, Arc<Pod>>,
+    containers: HashMap<String, Arc<Container>>,
+}
+
+pub struct Runtime {
+    config: Config,
+    store: StateStore,
+    images: Arc<ImageStore>,
+    tables: Mutex<Tables>,
+}
+
+impl Runtime {
+    /// Opens the state and rebuilds the runtime from it: see [`recovery`].
+    pub async fn start(config: Config, images: Arc<ImageStore>) -> Result<Arc<Runtime>> {
+        let store = StateStore::open(&config.state_dir)?;
+        let runtime = Arc::new(Runtime {
+            config,
+            store,
+            images,
+            tables: Mutex::new(Tables::default()),
+        });
+        recovery::recover(&runtime).await?;
+        Ok(runtime)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn images(&self) -> &Arc<ImageStore> {
+        &self.images
+    }
+
+    pub fn pods(&self) -> Vec<Arc<Pod>> {
+        self.tables.lock().unwrap().pods.values().cloned().collect()
+    }
+
+    pub fn containers(&self) -> Vec<Arc<Container>> {
+        let tables = self.tables.lock().unwrap();
+        tables.containers.values().cloned().collect()
+    }
+
+    /// A pod by full id or unique prefix.
+    pub fn pod(&self, id: &str) -> Result<Arc<Pod>> {
+        let tables = self.tables.lock().unwrap();
+        let id = resolve_id(tables.pods.keys(), id, "pod sandbox")?;
+        Ok(tables.pods[&id].clone())
+    }
+
+    /// A container by full id or unique prefix.
+    pub fn container(&self, id: &str) -> Result<Arc<Container>> {
+        let tables = self.tables.lock().unwrap();
+        let id = resolve_id(tables.containers.keys(), id, "container")?;
+        Ok(tables.containers[&id].clone())
+    }
+
+    fn pod_containers(&self, pod_id: &str) -> Vec<Arc<Container>> {
+        let tables = self.tables.lock().unwrap();
+        tables
+            .containers
+            .values()
+            .filter(|c| c.pod_id == pod_id)
+            .cloned()
+            .collect()
+    }
+
+    fn save_pod(&self, pod: &Pod, change: impl FnOnce(&mut PodRecord)) -> Result<PodRecord> {
+        let mut record = pod.record.lock().unwrap();
+        let mut next = record.clone();
+        change(&mut next);
+        self.store.save_pod(&next)?;
+        *record = next.clone();
+        Ok(next)
+    }
+
+    fn save_container(
+        &self,
+        container: &Container,
+        change: impl FnOnce(&mut ContainerRecord),
+    ) -> Result<ContainerRecord> {
+        let mut record = container.record.lock().unwrap();
+        let mut next = record.clone();
+        change(&mut next);
+        self.store.save_container(&next)?;
+        *record = next.clone();
+        Ok(next)
+    }
+}
+
+/// Nanoseconds since the epoch, the CRI's timestamps.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

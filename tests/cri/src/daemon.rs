@@ -1,0 +1,196 @@
+//! The husk daemon as a child process with its own config, folders and
+//! socket.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::client::Cri;
+
+/// Where a test daemon keeps everything, and what it boots.
+#[derive(Debug, Clone)]
+pub struct DaemonSetup {
+    pub husk: PathBuf,
+    pub vmm: PathBuf,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    /// Root of the socket, state, images and run folders.
+    pub root: PathBuf,
+    pub insecure_registries: Vec<String>,
+    pub boot_timeout_secs: u64,
+}
+
+impl DaemonSetup {
+    pub fn socket(&self) -> PathBuf {
+        self.root.join("husk.sock")
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.root.join("run")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.root.join("config.toml")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.root.join("husk.log")
+    }
+
+    fn config_toml(&self) -> String {
+        let insecure: Vec<String> = self
+            .insecure_registries
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .collect();
+        format!(
+            "socket = {socket:?}\nstate_dir = {state:?}\nimage_dir = {images:?}\nrun_dir = {run:?}\n\
+             log_level = \"info,husk=debug\"\n\n[vm]\nvmm = {vmm:?}\nkernel = {kernel:?}\n\
+             initramfs = {initramfs:?}\nboot_timeout_secs = {timeout}\n\n[registry]\ninsecure = [{insecure}]\n",
+            socket = self.socket(),
+            state = self.root.join("state"),
+            images = self.root.join("images"),
+            run = self.run_dir(),
+            vmm = self.vmm,
+            kernel = self.kernel,
+            initramfs = self.initramfs,
+            timeout = self.boot_timeout_secs,
+            insecure = insecure.join(", "),
+        )
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub setup: DaemonSetup,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Writes the config and starts the daemon; returns once its CRI
+    /// socket answers.
+    pub async fn start(setup: DaemonSetup) -> anyhow::Result<(Daemon, Cri)> {
+        std::fs::create_dir_all(&setup.root)?;
+        std::fs::write(setup.config_path(), setup.config_toml())?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(setup.log_path())?;
+        let child = Command::new(&setup.husk)
+            .arg("--config")
+            .arg(setup.config_path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot start {}", setup.husk.display()))?;
+        let mut daemon = Daemon {
+            setup,
+            child: Some(child),
+        };
+        let cri = match Cri::connect(&daemon.setup.socket(), Duration::from_secs(60)).await {
+            Ok(cri) => cri,
+            Err(error) => {
+                let exited = daemon
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
+                anyhow::bail!(
+                    "{error} (daemon exit status {exited:?}); its log:\n{}",
+                    daemon.log_tail()
+                );
+            }
+        };
+        Ok((daemon, cri))
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGKILL, as a crash would: nothing gets to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the daemon again with the same setup.
+    pub async fn restart(&mut self) -> anyhow::Result<Cri> {
+        self.kill9();
+        let (mut next, cri) = Daemon::start(self.setup.clone()).await?;
+        self.child = next.child.take();
+        Ok(cri)
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.setup.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Resident set of `pid` in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    proc_status_field(pid, "VmRSS:")
+}
+
+pub fn proc_status_field(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Pids of processes whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(needle) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Mount points at or under `dir`.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let prefix = dir.display().to_string();
+    text.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}

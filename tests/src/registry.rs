@@ -1,0 +1,637 @@
+//! A local OCI registry for tests: Debian's `docker-registry` (CNCF
+//! distribution) on 127.0.0.1, plus deterministic busybox test images
+//! pushed to it with oci-client.
+//!
+//! The images exercise what the image store must handle: several layers
+//! with gzip, zstd and plain tar compression, whiteouts and opaque folders,
+//! a multi-platform index, and a layer shared between images.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+use crate::debian;
+
+/// How long the registry may take to answer `GET /v2/`.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The repository every test image is pushed to.
+pub const REPOSITORY: &str = "husk-test/busybox";
+
+/// What `/husk/hello` holds in the test images.
+pub const HELLO: &str = "hello from a husk microVM";
+
+/// The fixed mtime of every test layer entry, so layers are reproducible.
+const MTIME: u64 = 1_700_000_000;
+
+const PASSWD: &str = "\
+root:x:0:0:root:/root:/bin/sh
+husk:x:1000:1000:husk:/tmp:/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+";
+
+const GROUP: &str = "\
+root:x:0:
+husk:x:1000:
+nogroup:x:65534:
+";
+
+/// Applets linked in `/bin`: what tests and container workloads use.
+const APPLETS: &[&str] = &[
+    "sh",
+    "ash",
+    "echo",
+    "cat",
+    "ls",
+    "sleep",
+    "env",
+    "id",
+    "test",
+    "[",
+    "true",
+    "false",
+    "printf",
+    "mkdir",
+    "rm",
+    "cp",
+    "mv",
+    "ln",
+    "pwd",
+    "ps",
+    "kill",
+    "grep",
+    "sed",
+    "head",
+    "tail",
+    "wc",
+    "stat",
+    "touch",
+    "chmod",
+    "chown",
+    "date",
+    "hostname",
+    "uname",
+    "mount",
+    "umount",
+    "dd",
+    "df",
+    "du",
+    "find",
+    "xargs",
+    "sort",
+    "uniq",
+    "cut",
+    "tr",
+    "tee",
+    "whoami",
+    "readlink",
+    "realpath",
+    "basename",
+    "dirname",
+    "wget",
+    "nc",
+    "ip",
+    "seq",
+    "yes",
+    "nproc",
+    "free",
+    "timeout",
+    "sync",
+    "which",
+    "expr",
+    "awk",
+    "md5sum",
+    "sha256sum",
+    "base64",
+    "od",
+];
+
+/// Debian's registry program.
+const REGISTRY_BINARY: &str = "/usr/bin/docker-registry";
+
+/// A running `docker-registry`, killed on drop.
+pub struct TestRegistry {
+    child: Child,
+    addr: String,
+    storage: PathBuf,
+}
+
+impl TestRegistry {
+    /// Starts a registry storing into `storage_dir` on a free port of
+    /// 127.0.0.1 and waits until it answers. Installs docker-registry
+    /// first if needed.
+    pub fn start(storage_dir: &Path) -> anyhow::Result<TestRegistry> {
+        debian::ensure_installed(&["docker-registry"])?;
+        Self::start_with(Path::new(REGISTRY_BINARY), storage_dir)
+    }
+
+    /// Like [`TestRegistry::start`] with the registry program at `binary`
+    /// (the rig's L1 host has no dpkg: its payload carries the binary).
+    pub fn start_with(binary: &Path, storage_dir: &Path) -> anyhow::Result<TestRegistry> {
+        fs::create_dir_all(storage_dir)?;
+        let storage = storage_dir
+            .canonicalize()
+            .with_context(|| format!("cannot resolve {}", storage_dir.display()))?;
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr = format!("127.0.0.1:{port}");
+        // No blob descriptor cache: tests corrupt blobs behind its back.
+        let config = format!(
+            "version: 0.1\n\
+             log:\n  level: warn\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+             http:\n  addr: {addr}\n",
+            storage.display()
+        );
+        let config_path = storage.join("husk-registry.yml");
+        fs::write(&config_path, config)?;
+        let log_path = storage.join("husk-registry.log");
+        let log = fs::File::create(&log_path)?;
+        let child = Command::new(binary)
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("cannot run {}", binary.display()))?;
+        let mut registry = TestRegistry {
+            child,
+            addr,
+            storage,
+        };
+        registry.wait_ready(&log_path)?;
+        Ok(registry)
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The registry's storage root (where tests can tamper with blobs).
+    pub fn storage(&self) -> &Path {
+        &self.storage
+    }
+
+    /// The file holding blob `digest` (`sha256:<hex>`) in the storage.
+    pub fn blob_data_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.storage
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    fn wait_ready(&mut self, log: &Path) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                let text = fs::read_to_string(log).unwrap_or_default();
+                bail!("docker-registry exited with {status} before answering:\n{text}");
+            }
+            if let Ok(line) = get_status_line(&self.addr, "/v2/") {
+                if line.contains(" 200 ") {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                let text = fs::read_to_string(log).unwrap_or_default();
+                bail!(
+                    "docker-registry on {} did not answer in {READY_TIMEOUT:?}:\n{text}",
+                    self.addr
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status line of a plain HTTP/1.0 GET.
+fn get_status_line(addr: &str, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    Ok(line)
+}
+
+/// One pushed layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestLayer {
+    /// Digest of the (compressed) blob.
+    pub digest: String,
+    /// Digest of the uncompressed tar (the config's diff-id).
+    pub diff_id: String,
+    pub media_type: String,
+    /// Compressed size.
+    pub size: u64,
+}
+
+impl TestLayer {
+    /// The diff-id's hex: the image store's layer key.
+    pub fn key(&self) -> &str {
+        self.diff_id.trim_start_matches("sha256:")
+    }
+}
+
+/// One pushed image (for an index: its linux/amd64 image).
+#[derive(Debug, Clone)]
+pub struct TestImage {
+    /// `127.0.0.1:PORT/husk-test/busybox:<tag>`.
+    pub reference: String,
+    /// What the tag points to (the index's digest for an index).
+    pub manifest_digest: String,
+    /// The image config's digest: the store's image id.
+    pub config_digest: String,
+    pub layers: Vec<TestLayer>,
+}
+
+impl TestImage {
+    /// `repo@<manifest digest>`.
+    pub fn digest_reference(&self) -> String {
+        let repo = self
+            .reference
+            .rsplit_once(':')
+            .map_or(&*self.reference, |(r, _)| r);
+        format!("{repo}@{}", self.manifest_digest)
+    }
+
+    /// Sum of compressed layer sizes.
+    pub fn size(&self) -> u64 {
+        self.layers.iter().map(|l| l.size).sum()
+    }
+}
+
+/// What [`push_test_images`] pushed.
+#[derive(Debug, Clone)]
+pub struct TestImages {
+    /// `:multi`: busybox (gzip), then `/husk` files (zstd), then a layer
+    /// with a whiteout, an opaque folder and `/husk/hello` (plain tar).
+    pub multi: TestImage,
+    /// `:index`: an OCI index; `index` describes its linux/amd64 image
+    /// (busybox layer + `/husk/arch` = `amd64`).
+    pub index: TestImage,
+    /// The digests of the index's amd64 and arm64 manifests.
+    pub index_amd64_manifest: String,
+    pub index_arm64_manifest: String,
+    /// `:single`: the busybox layer alone.
+    pub single: TestImage,
+    /// The busybox layer all three images share (`:multi`'s first).
+    pub busybox_layer: TestLayer,
+}
+
+/// A built layer: its tar and the blob pushed for it.
+struct Layer {
+    info: TestLayer,
+    blob: Vec<u8>,
+}
+
+#[derive(Clone, Copy)]
+enum Compress {
+    Gzip,
+    Zstd,
+    Plain,
+}
+
+fn sha256(data: &[u8]) -> String {
+    let hash = Sha256::digest(data);
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+impl Layer {
+    fn new(tar: Vec<u8>, compress: Compress) -> anyhow::Result<Layer> {
+        let (blob, media_type) = match compress {
+            Compress::Gzip => {
+                let mut gz =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                gz.write_all(&tar)?;
+                (gz.finish()?, "application/vnd.oci.image.layer.v1.tar+gzip")
+            }
+            Compress::Zstd => (
+                zstd::encode_all(&tar[..], 3)?,
+                "application/vnd.oci.image.layer.v1.tar+zstd",
+            ),
+            Compress::Plain => (tar.clone(), "application/vnd.oci.image.layer.v1.tar"),
+        };
+        Ok(Layer {
+            info: TestLayer {
+                digest: sha256(&blob),
+                diff_id: sha256(&tar),
+                media_type: media_type.to_string(),
+                size: blob.len() as u64,
+            },
+            blob,
+        })
+    }
+}
+
+/// Builds deterministic tar streams: fixed times, root-owned.
+struct TarBuilder(tar::Builder<Vec<u8>>);
+
+impl TarBuilder {
+    fn new() -> TarBuilder {
+        TarBuilder(tar::Builder::new(Vec::new()))
+    }
+
+    fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(MTIME);
+        h.set_size(size);
+        h
+    }
+
+    fn dir(&mut self, path: &str, mode: u32) -> anyhow::Result<&mut Self> {
+        let mut h = Self::header(tar::EntryType::Directory, mode, 0);
+        self.0.append_data(&mut h, path, std::io::empty())?;
+        Ok(self)
+    }
+
+    fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> anyhow::Result<&mut Self> {
+        let mut h = Self::header(tar::EntryType::Regular, mode, data.len() as u64);
+        self.0.append_data(&mut h, path, data)?;
+        Ok(self)
+    }
+
+    fn symlink(&mut self, path: &str, target: &str) -> anyhow::Result<&mut Self> {
+        let mut h = Self::header(tar::EntryType::Symlink, 0o777, 0);
+        self.0.append_link(&mut h, path, target)?;
+        Ok(self)
+    }
+
+    fn finish(mut self) -> anyhow::Result<Vec<u8>> {
+        self.0.finish()?;
+        Ok(self.0.into_inner()?)
+    }
+}
+
+/// Layer (a): busybox, its applet links, passwd/group, `/husk/hello`.
+fn busybox_tar(busybox: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut binary = Vec::new();
+    fs::File::open(busybox)
+        .with_context(|| format!("cannot read {}", busybox.display()))?
+        .read_to_end(&mut binary)?;
+    let mut t = TarBuilder::new();
+    t.dir("bin", 0o755)?.file("bin/busybox", 0o755, &binary)?;
+    for applet in APPLETS {
+        t.symlink(&format!("bin/{applet}"), "busybox")?;
+    }
+    t.dir("etc", 0o755)?
+        .file("etc/passwd", 0o644, PASSWD.as_bytes())?
+        .file("etc/group", 0o644, GROUP.as_bytes())?;
+    for dir in ["proc", "sys", "dev"] {
+        t.dir(dir, 0o755)?;
+    }
+    t.dir("root", 0o700)?.dir("tmp", 0o1777)?;
+    t.dir("husk", 0o755)?
+        .file("husk/hello", 0o644, HELLO.as_bytes())?;
+    t.finish()
+}
+
+/// Layer (b) of `:multi`.
+fn husk_files_tar() -> anyhow::Result<Vec<u8>> {
+    let mut t = TarBuilder::new();
+    t.dir("husk", 0o755)?
+        .file("husk/kept", 0o644, b"kept\n")?
+        .file("husk/removed", 0o644, b"removed\n")?
+        .dir("husk/dir", 0o755)?
+        .file("husk/dir/a", 0o644, b"a\n")?;
+    t.finish()
+}
+
+/// Layer (c) of `:multi`: deletes `/husk/removed`, makes `/husk/dir`
+/// opaque (hiding `a`) with a new `b`, and writes `/husk/hello`.
+fn whiteout_tar() -> anyhow::Result<Vec<u8>> {
+    let mut t = TarBuilder::new();
+    t.dir("husk", 0o755)?
+        .file("husk/.wh.removed", 0o644, b"")?
+        .dir("husk/dir", 0o755)?
+        .file("husk/dir/.wh..wh..opq", 0o644, b"")?
+        .file("husk/dir/b", 0o644, b"b\n")?
+        .file("husk/hello", 0o644, HELLO.as_bytes())?;
+    t.finish()
+}
+
+fn marker_tar(arch: &str) -> anyhow::Result<Vec<u8>> {
+    let mut t = TarBuilder::new();
+    t.dir("husk", 0o755)?
+        .file("husk/arch", 0o644, arch.as_bytes())?;
+    t.finish()
+}
+
+/// An image config blob.
+fn config(arch: &str, image: &str, layers: &[&Layer]) -> Vec<u8> {
+    let diff_ids: Vec<&str> = layers.iter().map(|l| l.info.diff_id.as_str()).collect();
+    let value = json!({
+        "created": "2023-11-14T22:13:20Z",
+        "architecture": arch,
+        "os": "linux",
+        "config": {
+            "Env": [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                format!("HUSK_IMAGE={image}")
+            ],
+            "Cmd": ["/bin/sh"],
+            "WorkingDir": "/",
+            "Labels": { "io.husk.test.image": image }
+        },
+        "rootfs": { "type": "layers", "diff_ids": diff_ids },
+    });
+    serde_json::to_vec(&value).expect("a JSON value serializes")
+}
+
+fn descriptor(media_type: &str, digest: &str, size: usize) -> Value {
+    json!({ "mediaType": media_type, "digest": digest, "size": size })
+}
+
+/// Pushes test images through one client.
+struct Pusher {
+    client: Client,
+    registry: String,
+}
+
+impl Pusher {
+    fn reference_by_tag(&self, tag: &str) -> Reference {
+        Reference::with_tag(self.registry.clone(), REPOSITORY.into(), tag.into())
+    }
+
+    fn reference_by_digest(&self, digest: &str) -> Reference {
+        Reference::with_digest(self.registry.clone(), REPOSITORY.into(), digest.into())
+    }
+
+    async fn blob(&self, data: &[u8]) -> anyhow::Result<String> {
+        let digest = sha256(data);
+        let reference = self.reference_by_tag("latest");
+        self.client
+            .push_blob(&reference, data.to_vec(), &digest)
+            .await
+            .with_context(|| format!("cannot push blob {digest}"))?;
+        Ok(digest)
+    }
+
+    /// Pushes `body` as a manifest of `media_type` under `reference`;
+    /// returns its digest.
+    async fn manifest(
+        &self,
+        reference: &Reference,
+        media_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<String> {
+        let digest = sha256(&body);
+        self.client
+            .push_manifest_raw(
+                reference,
+                body,
+                media_type.parse().context("bad content type")?,
+            )
+            .await
+            .with_context(|| format!("cannot push manifest {digest} as {reference}"))?;
+        Ok(digest)
+    }
+
+    /// Pushes an image's layers, config and manifest, under `tag` or else
+    /// by digest; returns the manifest digest, its size, and the config
+    /// digest.
+    async fn image(
+        &self,
+        tag: Option<&str>,
+        arch: &str,
+        name: &str,
+        layers: &[&Layer],
+    ) -> anyhow::Result<(String, usize, String)> {
+        for layer in layers {
+            self.blob(&layer.blob).await?;
+        }
+        let config = config(arch, name, layers);
+        let config_digest = self.blob(&config).await?;
+        let manifest = json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": descriptor("application/vnd.oci.image.config.v1+json", &config_digest, config.len()),
+            "layers": layers
+                .iter()
+                .map(|l| descriptor(&l.info.media_type, &l.info.digest, l.blob.len()))
+                .collect::<Vec<_>>(),
+        });
+        let body = serde_json::to_vec(&manifest)?;
+        let size = body.len();
+        let reference = match tag {
+            Some(tag) => self.reference_by_tag(tag),
+            None => self.reference_by_digest(&sha256(&body)),
+        };
+        let digest = self
+            .manifest(
+                &reference,
+                "application/vnd.oci.image.manifest.v1+json",
+                body,
+            )
+            .await?;
+        Ok((digest, size, config_digest))
+    }
+}
+
+/// Builds the test images from the static `busybox` binary and pushes them
+/// to the registry at `addr` (plain HTTP): `husk-test/busybox:multi`,
+/// `:index` and `:single`.
+pub async fn push_test_images(addr: &str, busybox: &Path) -> anyhow::Result<TestImages> {
+    let client = Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..Default::default()
+    });
+    let auth = RegistryAuth::Anonymous;
+    client.store_auth_if_needed(addr, &auth).await;
+    let p = Pusher {
+        client,
+        registry: addr.to_string(),
+    };
+    let busybox_layer = Layer::new(busybox_tar(busybox)?, Compress::Gzip)?;
+    let files = Layer::new(husk_files_tar()?, Compress::Zstd)?;
+    let whiteouts = Layer::new(whiteout_tar()?, Compress::Plain)?;
+    let amd64 = Layer::new(marker_tar("amd64")?, Compress::Gzip)?;
+    let arm64 = Layer::new(marker_tar("arm64")?, Compress::Gzip)?;
+
+    let image = |tag: &str,
+                 (manifest_digest, config_digest): (String, String),
+                 layers: &[&Layer]| TestImage {
+        reference: format!("{addr}/{REPOSITORY}:{tag}"),
+        manifest_digest,
+        config_digest,
+        layers: layers.iter().map(|l| l.info.clone()).collect(),
+    };
+
+    let multi_layers = [&busybox_layer, &files, &whiteouts];
+    let (m, _, c) = p
+        .image(Some("multi"), "amd64", "multi", &multi_layers)
+        .await?;
+    let multi = image("multi", (m, c), &multi_layers);
+
+    let single_layers = [&busybox_layer];
+    let (m, _, c) = p
+        .image(Some("single"), "amd64", "single", &single_layers)
+        .await?;
+    let single = image("single", (m, c), &single_layers);
+
+    // The platform images go in by digest only: the index names them.
+    let amd64_layers = [&busybox_layer, &amd64];
+    let arm64_layers = [&busybox_layer, &arm64];
+    let mut entries = Vec::new();
+    let mut platform = Vec::new();
+    for (arch, layers) in [("amd64", &amd64_layers), ("arm64", &arm64_layers)] {
+        let (digest, size, config_digest) = p.image(None, arch, "index", &layers[..]).await?;
+        entries.push(json!({
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest,
+            "size": size,
+            "platform": { "architecture": arch, "os": "linux" }
+        }));
+        platform.push((digest, config_digest));
+    }
+    let index_body = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    }))?;
+    let index_digest = p
+        .manifest(
+            &p.reference_by_tag("index"),
+            "application/vnd.oci.image.index.v1+json",
+            index_body,
+        )
+        .await?;
+    let index = image(
+        "index",
+        (index_digest, platform[0].1.clone()),
+        &amd64_layers,
+    );
+    Ok(TestImages {
+        multi,
+        index,
+        index_amd64_manifest: platform[0].0.clone(),
+        index_arm64_manifest: platform[1].0.clone(),
+        single,
+        busybox_layer: busybox_layer.info,
+    })
+}
