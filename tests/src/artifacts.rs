@@ -25,6 +25,10 @@ pub const RIG_HUSK_DAEMON: &str = "bin/husk";
 pub const RIG_CRI_E2E: &str = "bin/husk-cri-e2e";
 pub const RIG_BUSYBOX: &str = "bin/busybox";
 pub const RIG_REGISTRY: &str = "bin/docker-registry";
+/// CA certificates: the rig's L1 host has no /etc/ssl, and the registry
+/// client will not start without a trust store (even for plain HTTP).
+pub const RIG_CA_CERTIFICATES: &str = "etc/ca-certificates.crt";
+const CA_CERTIFICATES: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Debian's registry (Go, linked against glibc only, which the rig's
 /// system disk carries).
 const REGISTRY_BINARY: &str = "/usr/bin/docker-registry";
@@ -92,13 +96,14 @@ impl Artifacts {
     /// The payload of a CRI run: the daemon, the suite, busybox for the
     /// test images and the registry, with the guest image and VMM.
     pub fn cri_payload(&self) -> anyhow::Result<Payload> {
-        crate::debian::ensure_installed(&["docker-registry"])?;
+        crate::debian::ensure_installed(&["docker-registry", "ca-certificates"])?;
         Ok(self
             .payload()
             .file(&self.husk_daemon, RIG_HUSK_DAEMON)
             .file(&self.cri_e2e, RIG_CRI_E2E)
             .file(crate::busybox::host_binary()?, RIG_BUSYBOX)
-            .file(REGISTRY_BINARY, RIG_REGISTRY))
+            .file(REGISTRY_BINARY, RIG_REGISTRY)
+            .file(CA_CERTIFICATES, RIG_CA_CERTIFICATES))
     }
 }
 
@@ -106,7 +111,7 @@ impl Artifacts {
 /// bench ...) on the payload of [`Artifacts::cri_payload`].
 pub fn cri_e2e_command(what: &str) -> String {
     format!(
-        "\"$HUSK_RIG_DIR/{RIG_CRI_E2E}\" --husk \"$HUSK_RIG_DIR/{RIG_HUSK_DAEMON}\" \
+        "SSL_CERT_FILE=\"$HUSK_RIG_DIR/{RIG_CA_CERTIFICATES}\" \"$HUSK_RIG_DIR/{RIG_CRI_E2E}\" --husk \"$HUSK_RIG_DIR/{RIG_HUSK_DAEMON}\" \
          --vmm \"$HUSK_RIG_DIR/{RIG_HUSK_VMM}\" --kernel \"$HUSK_RIG_DIR/{RIG_VMLINUX}\" \
          --initramfs \"$HUSK_RIG_DIR/{RIG_INITRAMFS}\" --busybox \"$HUSK_RIG_DIR/{RIG_BUSYBOX}\" \
          --registry \"$HUSK_RIG_DIR/{RIG_REGISTRY}\" {what}"

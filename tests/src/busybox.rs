@@ -30,14 +30,14 @@ const LAYOUT_VERSION: u32 = 1;
 
 /// root, nobody, and an unprivileged `husk` user whose extra group lets
 /// tests check supplementary groups.
-const PASSWD: &str = "\
+pub const PASSWD: &str = "\
 root:x:0:0:root:/root:/bin/sh
 husk:x:1000:1000:husk:/tmp:/bin/sh
 nobody:x:65534:65534:nobody:/nonexistent:/bin/false
 ";
 
 /// `tty` (5) is the gid the spec's devpts mount gives terminals.
-const GROUP: &str = "\
+pub const GROUP: &str = "\
 root:x:0:
 tty:x:5:
 husk:x:1000:

@@ -34,17 +34,8 @@ pub const HELLO: &str = "hello from a husk microVM";
 /// The fixed mtime of every test layer entry, so layers are reproducible.
 const MTIME: u64 = 1_700_000_000;
 
-const PASSWD: &str = "\
-root:x:0:0:root:/root:/bin/sh
-husk:x:1000:1000:husk:/tmp:/bin/sh
-nobody:x:65534:65534:nobody:/nonexistent:/bin/false
-";
-
-const GROUP: &str = "\
-root:x:0:
-husk:x:1000:
-nogroup:x:65534:
-";
+/// The test images' users and groups: the same as the engine tests' layer.
+use crate::busybox::{GROUP, PASSWD};
 
 /// Applets linked in `/bin`: what tests and container workloads use.
 const APPLETS: &[&str] = &[

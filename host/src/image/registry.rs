@@ -23,17 +23,32 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(options: &RegistryOptions, auth: RegistryAuth) -> Registry {
+    /// `reference` only names the pull in errors.
+    pub fn new(
+        options: &RegistryOptions,
+        auth: RegistryAuth,
+        reference: &str,
+    ) -> Result<Registry, ImageError> {
         let config = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(options.insecure.clone()),
             // We resolve indexes ourselves (always linux/amd64).
             platform_resolver: None,
             ..Default::default()
         };
-        Registry {
-            client: Client::new(config),
+        // reqwest panics when the node has no CA certificates at all
+        // (oci-client builds a default HTTP client first): a missing
+        // package must fail the pull, not the daemon.
+        let build = std::panic::AssertUnwindSafe(|| Client::new(config));
+        let client = std::panic::catch_unwind(build).map_err(|_| ImageError::Unavailable {
+            reference: reference.to_string(),
+            detail: "cannot set up TLS: no CA certificates found on this node \
+                         (install Debian's ca-certificates, or set SSL_CERT_FILE)"
+                .into(),
+        })?;
+        Ok(Registry {
+            client,
             auth: auth.into(),
-        }
+        })
     }
 
     /// Fetches the manifest `reference` names and its digest, checked

@@ -188,7 +188,7 @@ impl ImageStore {
     /// manifest request (to see whether the tag moved).
     pub async fn pull(&self, reference: &str, auth: RegistryAuth) -> Result<Image, ImageError> {
         let name = ImageName::parse(reference)?;
-        let registry = Registry::new(&self.options, auth);
+        let registry = Registry::new(&self.options, auth, reference)?;
         let result = self.pull_name(&name, &registry).await;
         if result.is_err() {
             // Leave nothing of a failed pull behind (its pins are gone).

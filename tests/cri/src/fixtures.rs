@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 
 use k8s_cri::v1::{
-    ContainerConfig, ContainerMetadata, ImageSpec, KeyValue, PodSandboxConfig, PodSandboxMetadata,
+    ContainerConfig, ContainerMetadata, ImageSpec, KeyValue, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata,
 };
 
 pub fn pod_config(name: &str, log_directory: &str) -> PodSandboxConfig {
@@ -20,6 +22,20 @@ pub fn pod_config(name: &str, log_directory: &str) -> PodSandboxConfig {
             ("suite".to_string(), "husk-e2e".to_string()),
             ("pod".to_string(), name.to_string()),
         ]),
+        // What kubelet sends for an ordinary pod: its own pid namespace
+        // per container, network and IPC shared by the pod.
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Pod as i32,
+                    pid: NamespaceMode::Container as i32,
+                    ipc: NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
