@@ -578,7 +578,7 @@ async fn run_steps(inputs: &Inputs, daemon: &mut Daemon, cri: &mut Cri) -> anyho
     );
 
     step("a container that prints and exits; its log; the image's layers");
-    let hello_script = "echo hello from a husk microVM; cat /husk/hello; ls /husk | tr '\\n' ' '; echo; ls /husk/dir | tr '\\n' ' '; echo; echo to-stderr >&2; printf no-newline";
+    let hello_script = "echo hello from a husk microVM; cat /husk/hello; echo; ls /husk | tr '\\n' ' '; echo; ls /husk/dir | tr '\\n' ' '; echo; echo to-stderr >&2; printf no-newline";
     let hello = create_and_start(
         cri,
         &pod_a,
@@ -705,7 +705,7 @@ async fn run_steps(inputs: &Inputs, daemon: &mut Daemon, cri: &mut Cri) -> anyho
     );
 
     step("two running containers share the pod's VM; ExecSync; stats; update");
-    let sleeper_script = "trap '' TERM; cat /husk/arch; while true; do sleep 1; done";
+    let sleeper_script = "trap '' TERM; cat /husk/arch; echo; while true; do sleep 1; done";
     let sleeper = create_and_start(
         cri,
         &pod_a,
