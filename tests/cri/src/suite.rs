@@ -713,17 +713,20 @@ async fn run_steps(inputs: &Inputs, daemon: &mut Daemon, cri: &mut Cri) -> anyho
         shell_container("sleeper", &images.index, sleeper_script),
     )
     .await?;
-    let ticker = create_and_start(
-        cri,
-        &pod_a,
-        &pod_a_config,
-        shell_container(
-            "ticker",
-            &images.single,
-            "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.5; done",
-        ),
-    )
-    .await?;
+    // The ticker's rootfs is read-only (CRI readonly_rootfs).
+    let mut ticker_config = shell_container(
+        "ticker",
+        &images.single,
+        "i=0; while true; do i=$((i+1)); echo tick $i; sleep 0.5; done",
+    );
+    ticker_config.linux = Some(cri::LinuxContainerConfig {
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            readonly_rootfs: true,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let ticker = create_and_start(cri, &pod_a, &pod_a_config, ticker_config).await?;
     wait_log_line(
         &log_dir.join("sleeper.log"),
         "amd64",
@@ -749,6 +752,16 @@ async fn run_steps(inputs: &Inputs, daemon: &mut Daemon, cri: &mut Cri) -> anyho
     ensure!(
         exec_stdout(cri, &sleeper, &["hostname"]).await? == "pod-a",
         "hostname"
+    );
+    let writable = exec(cri, &sleeper, &["touch", "/written"], 30).await?;
+    ensure!(
+        writable.exit_code == 0,
+        "the sleeper's rootfs must be writable: {writable:?}"
+    );
+    let readonly = exec(cri, &ticker, &["touch", "/written"], 30).await?;
+    ensure!(
+        readonly.exit_code != 0 && String::from_utf8_lossy(&readonly.stderr).contains("Read-only"),
+        "readonly_rootfs not honored: {readonly:?}"
     );
     ensure!(
         exec_stdout(cri, &sleeper, &["sh", "-c", "echo $HUSK_E2E"]).await? == "sleeper",
