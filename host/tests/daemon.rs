@@ -324,3 +324,90 @@ fn a_bad_config_file_stops_the_daemon_naming_the_field() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
 }
+
+/// The daemon is SIGKILLed while RunPodSandbox waits for a VM: after the
+/// restart the pod is listed NotReady, its VMM is gone, and it can be
+/// removed without a trace.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pod_caught_booting_by_a_crash_comes_back_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = setup(dir.path(), None);
+    // Stands in for a VMM whose guest never answers.
+    let fake = dir.path().join("fake-vmm");
+    std::fs::write(&fake, "#!/bin/sh\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    setup.vmm = fake;
+    setup.boot_timeout_secs = 600;
+    let state_dir = setup.root.join("state/pods");
+    let run_dir = setup.run_dir();
+    let (mut daemon, cri) = Daemon::start(setup).await.unwrap();
+    let mut runtime = cri.runtime.clone();
+    let pending = tokio::spawn(async move {
+        runtime
+            .run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(pod_config("caught", "/tmp")),
+                runtime_handler: "husk".into(),
+            })
+            .await
+    });
+    // Wait until the record names the VMM's pid.
+    let mut vmm_pid = None;
+    for _ in 0..200 {
+        let records: Vec<serde_json::Value> = std::fs::read_dir(&state_dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| std::fs::read(e.path()).ok())
+                    .filter_map(|b| serde_json::from_slice(&b).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        vmm_pid = records
+            .iter()
+            .find_map(|r| r["vm"]["pid"].as_i64())
+            .map(|p| p as i32);
+        if vmm_pid.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let vmm_pid = vmm_pid.expect("the pod's record never named its VMM");
+    assert!(Path::new(&format!("/proc/{vmm_pid}")).exists());
+
+    let mut cri = daemon.restart().await.unwrap();
+    let failed = pending.await.unwrap();
+    assert!(
+        failed.is_err(),
+        "RunPodSandbox answered across a crash: {failed:?}"
+    );
+    let pods = cri
+        .runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert_eq!(pods[0].state, cri::PodSandboxState::SandboxNotready as i32);
+    // The VMM was killed (it was the dead daemon's child: init reaps it).
+    let mut gone = false;
+    for _ in 0..100 {
+        let stat = std::fs::read_to_string(format!("/proc/{vmm_pid}/stat")).unwrap_or_default();
+        if stat.is_empty() || stat.contains(") Z") {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(gone, "the VMM of the interrupted pod still runs");
+    cri.runtime
+        .remove_pod_sandbox(cri::RemovePodSandboxRequest {
+            pod_sandbox_id: pods[0].id.clone(),
+        })
+        .await
+        .unwrap();
+    let left: Vec<_> = std::fs::read_dir(run_dir.join("pods"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(mounts_under(&run_dir).is_empty());
+}
