@@ -411,3 +411,35 @@ async fn a_pod_caught_booting_by_a_crash_comes_back_not_ready() {
     assert!(left.is_empty(), "{left:?}");
     assert!(mounts_under(&run_dir).is_empty());
 }
+
+/// SIGTERM stops the daemon even while a client follows
+/// GetContainerEvents (a stream that never ends on its own), and the
+/// stream sees lifecycle events before that.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_the_daemon_with_an_event_stream_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut daemon, cri) = Daemon::start(setup(dir.path(), None)).await.unwrap();
+    let mut client = cri.runtime.clone();
+    let mut stream = client
+        .get_container_events(cri::GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    // A pod that fails to boot is created and deleted: no event, since it
+    // never became a pod the CRI client could see.
+    let mut runtime = cri.runtime.clone();
+    let _ = runtime
+        .run_pod_sandbox(cri::RunPodSandboxRequest {
+            config: Some(pod_config("no-events", "/tmp")),
+            runtime_handler: String::new(),
+        })
+        .await;
+    let nothing =
+        tokio::time::timeout(std::time::Duration::from_millis(300), stream.message()).await;
+    assert!(nothing.is_err(), "unexpected event: {nothing:?}");
+    assert!(
+        daemon.stop(),
+        "the daemon did not exit on SIGTERM:\n{}",
+        daemon.log_tail()
+    );
+}

@@ -15,7 +15,7 @@ use prost::Message;
 use super::agent::{PodAgent, SHORT_CALL};
 use super::error::{Result, RuntimeError};
 use super::ids::new_id;
-use super::{io, now_ns, Container, Pod, Runtime};
+use super::{io, now_ns, Container, LifecycleKind, Pod, Runtime};
 use crate::image::Image;
 use crate::logs::validate_log_path;
 use crate::spec::{self, ImageDefaults, SpecInput};
@@ -119,6 +119,7 @@ impl Runtime {
             .containers
             .insert(id.clone(), container.clone());
         io::start_pump(&container, agent, writer);
+        self.emit(&id, &pod.id, LifecycleKind::Created);
         tracing::info!(container = %id, pod = %pod.id, name = %meta.name, "container created");
         Ok(id)
     }
@@ -223,6 +224,7 @@ impl Runtime {
                 r.state = ContainerState::Running;
             }
         })?;
+        self.emit(&container.id, &container.pod_id, LifecycleKind::Started);
         Ok(())
     }
 
@@ -360,6 +362,7 @@ impl Runtime {
         let _ = std::fs::remove_dir_all(layout.container_mounts_dir(&container.id));
         self.store.remove_container(&container.id)?;
         self.tables.lock().unwrap().containers.remove(&container.id);
+        self.emit(&container.id, &container.pod_id, LifecycleKind::Deleted);
         Ok(())
     }
 

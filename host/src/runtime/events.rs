@@ -9,7 +9,7 @@ use husk_proto::agent::v1::{event, EventsRequest, ExitStatus, ListContainersRequ
 use tokio::sync::{mpsc, watch};
 
 use super::agent::{PodAgent, SHORT_CALL};
-use super::{now_ns, Container, Pod, Runtime};
+use super::{now_ns, Container, LifecycleKind, Pod, Runtime};
 use crate::state::{ContainerState, ExitInfo, PodState};
 use crate::vm::VmProcess;
 
@@ -144,11 +144,14 @@ impl Runtime {
         if already {
             return;
         }
-        if let Err(error) = self.save_container(container, |r| {
+        match self.save_container(container, |r| {
             r.state = ContainerState::Exited;
             r.exit = Some(info);
         }) {
-            tracing::error!(container = %container.id, %error, "cannot record the container's exit");
+            Ok(_) => self.emit(&container.id, &container.pod_id, LifecycleKind::Stopped),
+            Err(error) => {
+                tracing::error!(container = %container.id, %error, "cannot record the container's exit")
+            }
         }
     }
 
@@ -174,14 +177,30 @@ impl Runtime {
     /// The VMM is gone: the pod is NotReady and its containers exited.
     pub(super) fn on_vm_exit(&self, pod: &Pod) {
         *pod.agent.lock().unwrap() = None;
-        let state = pod.record.lock().unwrap().state;
-        if state != PodState::NotReady {
-            tracing::warn!(pod = %pod.id, "the pod's VM exited");
-            if let Err(error) = self.save_pod(pod, |r| r.state = PodState::NotReady) {
-                tracing::error!(pod = %pod.id, %error, "cannot record the pod's state");
-            }
+        if let Err(error) = self.mark_pod_stopped(pod) {
+            tracing::error!(pod = %pod.id, %error, "cannot record the pod's state");
         }
         self.mark_containers_lost(pod, "the pod's VM exited");
+    }
+
+    /// Records the pod NotReady; the first caller to see it Ready (the VM
+    /// monitor or StopPodSandbox, whichever wins the record's lock)
+    /// announces it stopped. A pod that never became Ready was never
+    /// announced.
+    pub(super) fn mark_pod_stopped(&self, pod: &Pod) -> super::Result<()> {
+        if pod.record.lock().unwrap().state == PodState::NotReady {
+            return Ok(());
+        }
+        let mut was_ready = false;
+        self.save_pod(pod, |r| {
+            was_ready = r.state == PodState::Ready;
+            r.state = PodState::NotReady;
+        })?;
+        if was_ready {
+            tracing::info!(pod = %pod.id, "pod stopped");
+            self.emit(&pod.id, &pod.id, LifecycleKind::Stopped);
+        }
+        Ok(())
     }
 
     /// Containers that can no longer run: exited with 255, like other
@@ -207,8 +226,11 @@ impl Runtime {
                     message: why.into(),
                 });
             });
-            if let Err(error) = result {
-                tracing::error!(container = %container.id, %error, "cannot record the container's state");
+            match result {
+                Ok(_) => self.emit(&container.id, &container.pod_id, LifecycleKind::Stopped),
+                Err(error) => {
+                    tracing::error!(container = %container.id, %error, "cannot record the container's state")
+                }
             }
         }
     }

@@ -15,6 +15,7 @@ mod events;
 mod exec;
 mod ids;
 mod io;
+mod lifecycle;
 mod pods;
 mod recovery;
 mod stats;
@@ -31,6 +32,7 @@ pub use agent::PodAgent;
 pub use error::{Result, RuntimeError};
 pub use exec::ExecOutput;
 pub use ids::resolve_id;
+pub use lifecycle::{LifecycleEvent, LifecycleKind};
 pub use stats::{ContainerStatsSample, PodStatsSample};
 
 /// One pod: its record, its agent once the VM is up, and the channel that
@@ -104,6 +106,7 @@ pub struct Runtime {
     store: StateStore,
     images: Arc<ImageStore>,
     tables: Mutex<Tables>,
+    lifecycle: tokio::sync::broadcast::Sender<LifecycleEvent>,
 }
 
 impl Runtime {
@@ -115,6 +118,7 @@ impl Runtime {
             store,
             images,
             tables: Mutex::new(Tables::default()),
+            lifecycle: lifecycle::channel(),
         });
         recovery::recover(&runtime).await?;
         Ok(runtime)

@@ -15,7 +15,7 @@ use super::agent::{PodAgent, SHORT_CALL};
 use super::error::{Result, RuntimeError};
 use super::events::{follow_events, watch_vm};
 use super::ids::new_id;
-use super::{io, now_ns, Pod, Runtime};
+use super::{io, now_ns, LifecycleKind, Pod, Runtime};
 use crate::state::{ContainerState, PodRecord, PodState, SandboxFiles, VmRecord};
 use crate::vm::{unmount_under, VmLayout, VmProcess, VmSpec};
 
@@ -68,6 +68,8 @@ impl Runtime {
         match self.boot(&pod, &layout).await {
             Ok(()) => {
                 self.save_pod(&pod, |r| r.state = PodState::Ready)?;
+                self.emit(&id, &id, LifecycleKind::Created);
+                self.emit(&id, &id, LifecycleKind::Started);
                 tracing::info!(pod = %id, name = %pod_name(&pod.record().config), "pod ready");
                 Ok(id)
             }
@@ -235,7 +237,8 @@ impl Runtime {
             }
         }
         self.on_vm_exit(pod);
-        self.save_pod(pod, |r| r.state = PodState::NotReady)?;
+        // Again, to answer with the error if the record cannot be saved.
+        self.mark_pod_stopped(pod)?;
         let layout = self.layout(pod);
         unmount_under(layout.root()).map_err(|e| {
             RuntimeError::Internal(format!("cannot clean up the pod's mounts: {e}"))
@@ -280,9 +283,11 @@ impl Runtime {
             io::stop_pump(&container);
             self.store.remove_container(&container.id)?;
             self.tables.lock().unwrap().containers.remove(&container.id);
+            self.emit(&container.id, &pod.id, LifecycleKind::Deleted);
         }
         let layout = self.layout(&pod);
         self.destroy_pod(&pod, &layout).await;
+        self.emit(&pod.id, &pod.id, LifecycleKind::Deleted);
         tracing::info!(pod = %pod.id, "pod removed");
         Ok(())
     }

@@ -1,10 +1,12 @@
 //! Records → CRI messages.
 
 use k8s_cri::v1::{
-    Container, ContainerState as CriContainerState, ContainerStatus, ImageSpec, PodSandbox,
-    PodSandboxState,
+    Container, ContainerEventResponse, ContainerEventType, ContainerState as CriContainerState,
+    ContainerStatus, ImageSpec, LinuxPodSandboxStatus, Namespace, PodSandbox,
+    PodSandboxNetworkStatus, PodSandboxState, PodSandboxStatus,
 };
 
+use crate::runtime::{LifecycleEvent, LifecycleKind, Runtime};
 use crate::state::{ContainerRecord, ContainerState, PodRecord, PodState};
 
 pub fn pod_state(state: PodState) -> PodSandboxState {
@@ -88,5 +90,55 @@ pub fn container_status(record: &ContainerRecord) -> ContainerStatus {
         }),
         image_id: record.image_id.clone(),
         user: None,
+    }
+}
+
+pub fn pod_sandbox_status(record: &PodRecord) -> PodSandboxStatus {
+    let namespace_options = record
+        .config
+        .linux
+        .as_ref()
+        .and_then(|l| l.security_context.as_ref())
+        .and_then(|s| s.namespace_options.clone());
+    PodSandboxStatus {
+        id: record.id.clone(),
+        metadata: record.config.metadata.clone(),
+        state: pod_state(record.state) as i32,
+        created_at: record.created_at_ns,
+        network: Some(PodSandboxNetworkStatus::default()),
+        linux: Some(LinuxPodSandboxStatus {
+            namespaces: Some(Namespace {
+                options: namespace_options,
+            }),
+        }),
+        labels: record.config.labels.clone(),
+        annotations: record.config.annotations.clone(),
+        runtime_handler: record.runtime_handler.clone(),
+    }
+}
+
+/// A lifecycle event with the pod's status and its containers' as they
+/// are now (the pod is absent once deleted).
+pub fn container_event(runtime: &Runtime, event: &LifecycleEvent) -> ContainerEventResponse {
+    let kind = match event.kind {
+        LifecycleKind::Created => ContainerEventType::ContainerCreatedEvent,
+        LifecycleKind::Started => ContainerEventType::ContainerStartedEvent,
+        LifecycleKind::Stopped => ContainerEventType::ContainerStoppedEvent,
+        LifecycleKind::Deleted => ContainerEventType::ContainerDeletedEvent,
+    };
+    let pod = runtime.pod(&event.pod_id).ok();
+    let containers_statuses = runtime
+        .containers()
+        .iter()
+        .map(|c| c.record())
+        .filter(|r| r.pod_id == event.pod_id)
+        .map(|r| container_status(&r))
+        .collect();
+    ContainerEventResponse {
+        container_id: event.id.clone(),
+        container_event_type: kind as i32,
+        created_at: event.at_ns,
+        pod_sandbox_status: pod.map(|p| pod_sandbox_status(&p.record())),
+        containers_statuses,
     }
 }

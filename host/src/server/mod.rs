@@ -19,6 +19,9 @@ use crate::runtime::Runtime;
 pub use image_service::ImageService;
 pub use runtime_service::RuntimeService;
 
+/// How long open calls may finish after a stop signal.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// kubelet's own limit for CRI messages.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;
 
@@ -59,10 +62,28 @@ pub async fn serve(
     let image_service = ImageServiceServer::new(ImageService::new(runtime))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    tonic::transport::Server::builder()
+    // Graceful stop waits for open calls, and GetContainerEvents streams
+    // never end: after the grace period the daemon exits anyway (pods keep
+    // running; clients reconnect to the next daemon).
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tonic::transport::Server::builder()
         .add_service(runtime_service)
         .add_service(image_service)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result?,
+        _ = shutdown => {
+            let _ = stop_tx.send(());
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+                Ok(result) => result?,
+                Err(_) => tracing::warn!(
+                    "calls still open {SHUTDOWN_GRACE:?} after the stop signal (event streams): exiting anyway"
+                ),
+            }
+        }
+    }
     Ok(())
 }

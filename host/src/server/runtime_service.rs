@@ -4,8 +4,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::runtime_service_server::RuntimeService as CriRuntimeService;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
 use tonic::{Request, Response, Status};
 
 use super::convert;
@@ -105,28 +108,8 @@ impl CriRuntimeService for RuntimeService {
                 ),
             );
         }
-        let namespace_options = record
-            .config
-            .linux
-            .as_ref()
-            .and_then(|l| l.security_context.as_ref())
-            .and_then(|s| s.namespace_options.clone());
         ok(cri::PodSandboxStatusResponse {
-            status: Some(cri::PodSandboxStatus {
-                id: record.id.clone(),
-                metadata: record.config.metadata.clone(),
-                state: convert::pod_state(record.state) as i32,
-                created_at: record.created_at_ns,
-                network: Some(cri::PodSandboxNetworkStatus::default()),
-                linux: Some(cri::LinuxPodSandboxStatus {
-                    namespaces: Some(cri::Namespace {
-                        options: namespace_options,
-                    }),
-                }),
-                labels: record.config.labels.clone(),
-                annotations: record.config.annotations.clone(),
-                runtime_handler: record.runtime_handler.clone(),
-            }),
+            status: Some(convert::pod_sandbox_status(&record)),
             info,
             containers_statuses: vec![],
             timestamp: crate::runtime::now_ns(),
@@ -413,9 +396,22 @@ impl CriRuntimeService for RuntimeService {
         &self,
         _: Request<cri::GetEventsRequest>,
     ) -> Reply<Self::GetContainerEventsStream> {
-        Err(Status::unimplemented(
-            "GetContainerEvents is not implemented by husk yet: kubelet falls back to relisting",
-        ))
+        let runtime = self.runtime.clone();
+        let events = BroadcastStream::new(self.runtime.subscribe()).filter_map(move |event| {
+            let runtime = runtime.clone();
+            async move {
+                match event {
+                    Ok(event) => Some(Ok(convert::container_event(&runtime, &event))),
+                    // A subscriber that fell behind misses events; kubelet
+                    // relists then.
+                    Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                        tracing::warn!(missed, "a GetContainerEvents client fell behind");
+                        None
+                    }
+                }
+            }
+        });
+        ok(Box::pin(events))
     }
 
     async fn list_metric_descriptors(

@@ -107,7 +107,7 @@ pub async fn run(inputs: &Inputs, pods: usize, concurrency: usize) -> anyhow::Re
     if result.is_err() {
         eprintln!("bench: daemon log tail:\n{}", daemon.log_tail());
     }
-    daemon.stop();
+    let _ = daemon.stop();
     result
 }
 

@@ -8,6 +8,10 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+/// Longest a CRI call may take (RunPodSandbox in the nested rig takes
+/// seconds).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(180);
+
 #[derive(Clone)]
 pub struct Cri {
     pub runtime: RuntimeServiceClient<Channel>,
@@ -34,7 +38,10 @@ impl Cri {
 
     async fn connect_once(socket: &Path) -> anyhow::Result<Cri> {
         let path: PathBuf = socket.to_owned();
+        // Every unary call is bounded: a daemon that hangs fails the test
+        // instead of stalling it.
         let channel = Endpoint::try_from("http://[::]:50051")?
+            .timeout(CALL_TIMEOUT)
             .connect_with_connector(tower::service_fn(move |_: Uri| {
                 let path = path.clone();
                 async move {

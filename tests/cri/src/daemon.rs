@@ -9,6 +9,9 @@ use anyhow::Context;
 
 use crate::client::Cri;
 
+/// How long a stopping daemon may take before it is killed.
+pub const STOP_WAIT: Duration = Duration::from_secs(30);
+
 /// Where a test daemon keeps everything, and what it boots.
 #[derive(Debug, Clone)]
 pub struct DaemonSetup {
@@ -118,13 +121,24 @@ impl Daemon {
         }
     }
 
-    /// SIGTERM and wait.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let _ = child.wait();
+    /// SIGTERM, then waits up to [`STOP_WAIT`]; SIGKILL if it is still
+    /// there. True when it exited on its own.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let until = std::time::Instant::now() + STOP_WAIT;
+        while std::time::Instant::now() < until {
+            if let Ok(Some(_)) = child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
     }
 
     /// Starts the daemon again with the same setup.
@@ -144,7 +158,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        self.stop();
+        let _ = self.stop();
     }
 }
 
@@ -164,7 +178,10 @@ pub fn proc_status_field(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-/// Pids of processes whose command line mentions `needle`.
+/// Pids of processes whose command line mentions `needle`. A process whose
+/// command line cannot be read within a second (stuck in the kernel with
+/// its memory map locked) is reported too: better a failed check naming it
+/// than a test that hangs on it.
 pub fn processes_mentioning(needle: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -174,14 +191,64 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if text.contains(needle) {
+        match read_with_timeout(entry.path().join("cmdline"), Duration::from_secs(1)) {
+            Some(cmdline) => {
+                let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                if text.contains(needle) {
+                    pids.push(pid);
+                }
+            }
+            None => {
+                eprintln!(
+                    "husk-cri-tests: cannot read /proc/{pid}/cmdline (stuck?): {}",
+                    stat_line(pid)
+                );
                 pids.push(pid);
             }
         }
     }
     pids
+}
+
+/// Reads a file on a helper thread; `None` if it takes longer than
+/// `limit` (the thread is left behind, blocked).
+fn read_with_timeout(path: PathBuf, limit: Duration) -> Option<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read(path).unwrap_or_default());
+    });
+    rx.recv_timeout(limit).ok()
+}
+
+/// `pid (comm) state ...` and the kernel function it waits in, each read on
+/// a helper thread too (a process stuck in the kernel can block even these).
+fn stat_line(pid: u32) -> String {
+    let read = |name: &str| {
+        read_with_timeout(
+            PathBuf::from(format!("/proc/{pid}/{name}")),
+            Duration::from_secs(1),
+        )
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_else(|| format!("<{name} unreadable>"))
+    };
+    let stat = read("stat");
+    let short: String = stat.split(' ').take(4).collect::<Vec<_>>().join(" ");
+    format!(
+        "pid {pid}: {short} wchan={} stack={}",
+        read("wchan"),
+        read("stack").replace('\n', " | ")
+    )
+}
+
+/// Every process with its state and wait channel, for hang reports.
+pub fn process_table() -> String {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() {
+            lines.push(stat_line(pid));
+        }
+    }
+    lines.join("\n")
 }
 
 /// Mount points at or under `dir`.

@@ -43,7 +43,7 @@ pub async fn run(inputs: &Inputs) -> anyhow::Result<()> {
         })
         .await
         .context("RemovePodSandbox")?;
-    daemon.stop();
+    let _ = daemon.stop();
     anyhow::ensure!(
         status.exit_code == 0 && said,
         "the demo container did not print its line: {status:?} {records:?}"

@@ -34,6 +34,10 @@ pub struct TestImageRefs {
     pub single: String,
 }
 
+/// The whole suite takes well under a minute in the rig; a hang must fail
+/// with the daemon's log rather than wait for the rig's deadline.
+const SUITE_DEADLINE: Duration = Duration::from_secs(600);
+
 fn step(name: &str) {
     eprintln!("e2e: --- {name}");
 }
@@ -258,11 +262,68 @@ async fn pod_state(cri: &mut Cri, id: &str) -> anyhow::Result<i32> {
         .state)
 }
 
+/// What GetContainerEvents delivered, collected in the background.
+struct EventLog {
+    events: std::sync::Arc<std::sync::Mutex<Vec<(String, i32)>>>,
+}
+
+impl EventLog {
+    async fn follow(cri: &Cri) -> anyhow::Result<EventLog> {
+        let mut client = cri.runtime.clone();
+        let mut stream = client
+            .get_container_events(cri::GetEventsRequest {})
+            .await
+            .context("GetContainerEvents")?
+            .into_inner();
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = events.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(event)) = stream.message().await {
+                sink.lock()
+                    .unwrap()
+                    .push((event.container_id, event.container_event_type));
+            }
+        });
+        Ok(EventLog { events })
+    }
+
+    /// The event types seen for `id`, in order.
+    fn kinds(&self, id: &str) -> Vec<i32> {
+        let events = self.events.lock().unwrap();
+        events
+            .iter()
+            .filter(|(i, _)| i == id)
+            .map(|(_, k)| *k)
+            .collect()
+    }
+
+    /// Waits until `id`'s events are exactly `expected`.
+    async fn expect(&self, id: &str, expected: &[cri::ContainerEventType]) -> anyhow::Result<()> {
+        let expected: Vec<i32> = expected.iter().map(|k| *k as i32).collect();
+        let until = Instant::now() + Duration::from_secs(10);
+        while self.kinds(id) != expected {
+            ensure!(
+                Instant::now() < until,
+                "events of {id}: {:?}, expected {expected:?}",
+                self.kinds(id)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+}
+
 /// The whole suite; prints a summary line starting `cri-e2e ok` at the end.
 pub async fn run(inputs: &Inputs) -> anyhow::Result<()> {
     let started = Instant::now();
     let (mut daemon, mut cri) = Daemon::start(inputs.daemon.clone()).await?;
-    let result = run_steps(inputs, &mut daemon, &mut cri).await;
+    let result = tokio::time::timeout(SUITE_DEADLINE, run_steps(inputs, &mut daemon, &mut cri))
+        .await
+        .unwrap_or_else(|_| {
+            Err(anyhow::anyhow!(
+                "the suite did not finish within {SUITE_DEADLINE:?}"
+            ))
+        });
     if result.is_err() {
         eprintln!("e2e: daemon log tail:\n{}", daemon.log_tail());
         for pod_dir in std::fs::read_dir(inputs.daemon.run_dir().join("pods"))
@@ -282,7 +343,12 @@ pub async fn run(inputs: &Inputs) -> anyhow::Result<()> {
         }
     }
     result?;
-    daemon.stop();
+    ensure!(
+        daemon.stop(),
+        "the daemon did not exit within {:?} of SIGTERM:\n{}",
+        crate::daemon::STOP_WAIT,
+        daemon.log_tail()
+    );
     println!("cri-e2e ok total_ms={}", started.elapsed().as_millis());
     Ok(())
 }
@@ -524,6 +590,7 @@ async fn run_steps(inputs: &Inputs, daemon: &mut Daemon, cri: &mut Cri) -> anyho
         "create in an unknown pod",
     )?;
 
+    let events = EventLog::follow(cri).await?;
     step("a pod: RunPodSandbox, status, list");
     let log_dir = inputs.logs.join("pod-a");
     std::fs::create_dir_all(&log_dir)?;
@@ -587,6 +654,23 @@ async fn run_steps(inputs: &Inputs, daemon: &mut Daemon, cri: &mut Cri) -> anyho
     )
     .await?;
     let status = wait_exited(cri, &hello, Duration::from_secs(60)).await?;
+    use cri::ContainerEventType as Event;
+    events
+        .expect(
+            &pod_a,
+            &[Event::ContainerCreatedEvent, Event::ContainerStartedEvent],
+        )
+        .await?;
+    events
+        .expect(
+            &hello,
+            &[
+                Event::ContainerCreatedEvent,
+                Event::ContainerStartedEvent,
+                Event::ContainerStoppedEvent,
+            ],
+        )
+        .await?;
     ensure!(
         status.exit_code == 0 && status.reason == "Completed",
         "hello: {status:?}"
@@ -966,6 +1050,7 @@ async fn run_steps(inputs: &Inputs, daemon: &mut Daemon, cri: &mut Cri) -> anyho
         .await
         .context("RemovePodSandbox pod-b")?;
 
+    let events = EventLog::follow(cri).await?;
     step("StopContainer: SIGTERM ignored, killed after the timeout");
     let t = Instant::now();
     cri.runtime
@@ -985,6 +1070,9 @@ async fn run_steps(inputs: &Inputs, daemon: &mut Daemon, cri: &mut Cri) -> anyho
         waited >= Duration::from_secs(2),
         "StopContainer returned after {waited:?}, before its timeout"
     );
+    events
+        .expect(&sleeper, &[Event::ContainerStoppedEvent])
+        .await?;
     cri.runtime
         .stop_container(cri::StopContainerRequest {
             container_id: sleeper.clone(),
@@ -1009,6 +1097,9 @@ async fn run_steps(inputs: &Inputs, daemon: &mut Daemon, cri: &mut Cri) -> anyho
         })
         .await
         .context("RemoveContainer")?;
+    events
+        .expect(&hello, &[Event::ContainerDeletedEvent])
+        .await?;
     ensure!(
         list_containers(cri, &pod_a).await?.len() == 2,
         "hello not removed"
@@ -1033,6 +1124,7 @@ async fn run_steps(inputs: &Inputs, daemon: &mut Daemon, cri: &mut Cri) -> anyho
         })
         .await
         .context("StopPodSandbox")?;
+    eprintln!("e2e: pod-a stopped");
     ensure!(
         pod_state(cri, &pod_a).await? == cri::PodSandboxState::SandboxNotready as i32,
         "stopped pod must be NotReady"
@@ -1054,6 +1146,7 @@ async fn run_steps(inputs: &Inputs, daemon: &mut Daemon, cri: &mut Cri) -> anyho
         })
         .await
         .context("RemovePodSandbox twice")?;
+    eprintln!("e2e: pod-a removed");
     ensure!(list_pods(cri, None).await?.is_empty(), "pods left");
     ensure!(
         cri.runtime

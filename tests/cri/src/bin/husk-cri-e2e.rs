@@ -48,12 +48,27 @@ enum What {
     Demo,
 }
 
+/// Past this, the run is stuck (a thread blocked in the kernel, where no
+/// async timeout can reach it): report what every process is doing and
+/// fail, rather than wait for the rig's deadline.
+const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(420);
+
+fn watchdog(after: std::time::Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(after);
+        eprintln!("husk-cri-e2e: FAILED: still running after {after:?}; processes:");
+        eprintln!("{}", husk_cri_tests::daemon::process_table());
+        std::process::exit(3);
+    });
+}
+
 fn main() {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio");
+    watchdog(WATCHDOG);
     if let Err(error) = runtime.block_on(run(cli)) {
         eprintln!("husk-cri-e2e: FAILED: {error:#}");
         std::process::exit(1);
