@@ -443,3 +443,64 @@ async fn sigterm_stops_the_daemon_with_an_event_stream_open() {
         daemon.log_tail()
     );
 }
+
+/// A crash between starting a VMM and recording its pid leaves a VMM no
+/// record names: the next start finds it by its socket under the run dir
+/// and kills it, and the pod it was for is listed NotReady.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vmm_no_record_names_is_killed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut setup = setup(dir.path(), None);
+    // Named like the configured VMM, with its arguments on the command
+    // line, as a real husk-vmm would be.
+    let vmm_dir = dir.path().join("bin");
+    std::fs::create_dir_all(&vmm_dir).unwrap();
+    let fake = vmm_dir.join("husk-vmm");
+    std::fs::write(&fake, "#!/bin/sh\nwhile :; do sleep 1; done\n").unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    setup.vmm = fake.clone();
+    let run_dir = setup.run_dir();
+    let pod_id = "0123456789abcdef".repeat(4);
+    // The record as RunPodSandbox leaves it just before it records the VMM.
+    let store = husk::state::StateStore::open(&setup.root.join("state")).unwrap();
+    store
+        .save_pod(&husk::state::PodRecord {
+            id: pod_id.clone(),
+            config: pod_config("stray", "/tmp"),
+            runtime_handler: String::new(),
+            created_at_ns: 1,
+            state: husk::state::PodState::Creating,
+            vm: None,
+            sandbox_files: Default::default(),
+        })
+        .unwrap();
+    let socket = run_dir.join("pods").join(&pod_id).join("vsock.sock");
+    let mut stray = std::process::Command::new(&fake)
+        .arg("--vsock-uds")
+        .arg(&socket)
+        .spawn()
+        .unwrap();
+    let (_daemon, mut cri) = Daemon::start(setup).await.unwrap();
+    let mut killed = false;
+    for _ in 0..100 {
+        if stray.try_wait().unwrap().is_some() {
+            killed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    if !killed {
+        let _ = stray.kill();
+    }
+    assert!(killed, "the stray VMM survived the daemon's start");
+    let pods = cri
+        .runtime
+        .list_pod_sandbox(cri::ListPodSandboxRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert_eq!(pods[0].id, pod_id);
+    assert_eq!(pods[0].state, cri::PodSandboxState::SandboxNotready as i32);
+}

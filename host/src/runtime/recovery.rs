@@ -181,6 +181,14 @@ async fn reconcile_containers(runtime: &Arc<Runtime>, pod: &Pod, agent: &PodAgen
 /// pod whose record is gone.
 async fn kill_stray_vmms(runtime: &Runtime, attached: &HashSet<String>) {
     let pods_dir = runtime.config.run_dir.join("pods");
+    // The kernel keeps 15 bytes of a command name.
+    let vmm_name: String = runtime
+        .config
+        .vm
+        .vmm
+        .file_name()
+        .map(|n| n.to_string_lossy().chars().take(15).collect())
+        .unwrap_or_default();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return;
     };
@@ -188,6 +196,13 @@ async fn kill_stray_vmms(runtime: &Runtime, attached: &HashSet<String>) {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
+        // The command name first: reading a command line takes the
+        // process's memory-map lock, which a process stuck in the kernel
+        // may hold, so only husk-vmm processes get that far.
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != vmm_name {
+            continue;
+        }
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
