@@ -3,7 +3,7 @@
 //! registry; a pod whose VM cannot start fails cleanly, leaving nothing.
 //! Pods that boot are tested in the rig (husk-cri-tests' suite).
 
-use husk_cri_tests::daemon::{mounts_under, processes_mentioning, Daemon, DaemonSetup};
+use husk_cri_tests::daemon::{mounts_under, vmm_processes_mentioning, Daemon, DaemonSetup};
 use husk_cri_tests::fixtures::pod_config;
 use husk_tests::registry::{push_test_images, TestRegistry};
 use k8s_cri::v1 as cri;
@@ -179,7 +179,7 @@ async fn a_pod_whose_vm_cannot_start_fails_and_leaves_nothing() {
         .into_inner()
         .items;
     assert!(pods.is_empty(), "{pods:?}");
-    assert!(processes_mentioning(&run_dir.display().to_string()).is_empty());
+    assert!(vmm_processes_mentioning(&run_dir.display().to_string()).is_empty());
     assert!(mounts_under(&run_dir).is_empty());
     let left: Vec<_> = std::fs::read_dir(run_dir.join("pods"))
         .map(|d| d.flatten().map(|e| e.path()).collect())

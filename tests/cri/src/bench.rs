@@ -9,7 +9,7 @@ use anyhow::{ensure, Context};
 use k8s_cri::v1 as cri;
 
 use crate::client::Cri;
-use crate::daemon::{processes_mentioning, rss_kib, Daemon};
+use crate::daemon::{rss_kib, vmm_processes_mentioning, Daemon};
 use crate::fixtures::{pod_config, shell_container};
 use crate::suite::{create_and_start, pull, run_pod, wait_log_line, Inputs};
 
@@ -44,7 +44,7 @@ async fn one_pod(mut cri: Cri, inputs: &Inputs, name: String) -> anyhow::Result<
     )
     .await?;
     let first_log_line = started.elapsed();
-    let vmm = processes_mentioning(&format!("pods/{pod}/vsock.sock"));
+    let vmm = vmm_processes_mentioning(&format!("pods/{pod}/vsock.sock"));
     ensure!(vmm.len() == 1, "pod {name}: VMM processes {vmm:?}");
     let vmm_rss_kib = rss_kib(vmm[0]).unwrap_or(0);
     let stats = cri

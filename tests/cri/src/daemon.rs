@@ -178,11 +178,11 @@ pub fn proc_status_field(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-/// Pids of processes whose command line mentions `needle`. A process whose
-/// command line cannot be read within a second (stuck in the kernel with
-/// its memory map locked) is reported too: better a failed check naming it
-/// than a test that hangs on it.
-pub fn processes_mentioning(needle: &str) -> Vec<u32> {
+/// Pids of husk-vmm processes whose command line mentions `needle`. Only
+/// processes named husk-vmm have their command line read: that read takes
+/// the process's memory-map lock, which a process stuck in the kernel may
+/// hold forever.
+pub fn vmm_processes_mentioning(needle: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return pids;
@@ -191,24 +191,25 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        match read_with_timeout(entry.path().join("cmdline"), Duration::from_secs(1)) {
-            Some(cmdline) => {
-                let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-                if text.contains(needle) {
-                    pids.push(pid);
-                }
-            }
-            None => {
-                eprintln!(
-                    "husk-cri-tests: cannot read /proc/{pid}/cmdline (stuck?): {}",
-                    stat_line(pid)
-                );
-                pids.push(pid);
-            }
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != VMM_NAME {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline)
+            .replace('\0', " ")
+            .contains(needle)
+        {
+            pids.push(pid);
         }
     }
     pids
 }
+
+/// The VMM's process name.
+const VMM_NAME: &str = "husk-vmm";
 
 /// Reads a file on a helper thread; `None` if it takes longer than
 /// `limit` (the thread is left behind, blocked).
@@ -246,6 +247,19 @@ pub fn process_table() -> String {
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         if let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() {
             lines.push(stat_line(pid));
+            // Every thread of our own programs: where each one waits.
+            if lines.last().is_some_and(|l| l.contains("(husk")) {
+                for task in std::fs::read_dir(entry.path().join("task"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    let tid = task.file_name().to_string_lossy().into_owned();
+                    if let Ok(tid) = tid.parse::<u32>() {
+                        lines.push(format!("  thread {}", stat_line(tid)));
+                    }
+                }
+            }
         }
     }
     lines.join("\n")

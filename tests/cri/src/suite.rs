@@ -10,7 +10,7 @@ use k8s_cri::v1 as cri;
 use tonic::Code;
 
 use crate::client::Cri;
-use crate::daemon::{mounts_under, processes_mentioning, Daemon, DaemonSetup};
+use crate::daemon::{mounts_under, vmm_processes_mentioning, Daemon, DaemonSetup};
 use crate::fixtures::{pod_config, shell_container};
 use crate::logs;
 
@@ -999,7 +999,7 @@ async fn run_steps(inputs: &Inputs, daemon: &mut Daemon, cri: &mut Cri) -> anyho
     )
     .await?;
     daemon.kill9();
-    let vmm_b = processes_mentioning(&format!("pods/{pod_b}/vsock.sock"));
+    let vmm_b = vmm_processes_mentioning(&format!("pods/{pod_b}/vsock.sock"));
     ensure!(vmm_b.len() == 1, "pod-b's VMM: {vmm_b:?}");
     // SAFETY: kill(2).
     unsafe { libc::kill(vmm_b[0] as i32, libc::SIGKILL) };
@@ -1158,7 +1158,7 @@ async fn run_steps(inputs: &Inputs, daemon: &mut Daemon, cri: &mut Cri) -> anyho
         "containers left"
     );
     let run_dir = inputs.daemon.run_dir();
-    let vmms = processes_mentioning(&run_dir.display().to_string());
+    let vmms = vmm_processes_mentioning(&run_dir.display().to_string());
     ensure!(vmms.is_empty(), "VMM processes left: {vmms:?}");
     let mounts = mounts_under(&run_dir);
     ensure!(mounts.is_empty(), "mounts left: {mounts:?}");

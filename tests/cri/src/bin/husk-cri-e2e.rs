@@ -53,11 +53,17 @@ enum What {
 /// fail, rather than wait for the rig's deadline.
 const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(420);
 
-fn watchdog(after: std::time::Duration) {
+fn watchdog(after: std::time::Duration, daemon_log: PathBuf) {
     std::thread::spawn(move || {
         std::thread::sleep(after);
         eprintln!("husk-cri-e2e: FAILED: still running after {after:?}; processes:");
         eprintln!("{}", husk_cri_tests::daemon::process_table());
+        let log = std::fs::read_to_string(&daemon_log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        eprintln!(
+            "daemon log tail:\n{}",
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        );
         std::process::exit(3);
     });
 }
@@ -68,7 +74,12 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio");
-    watchdog(WATCHDOG);
+    let limit = match cli.what {
+        // Each pod takes seconds even in the nested rig.
+        What::Bench { pods, .. } => WATCHDOG + std::time::Duration::from_secs(30 * 2 * pods as u64),
+        _ => WATCHDOG,
+    };
+    watchdog(limit, cli.work.join("daemon").join("husk.log"));
     if let Err(error) = runtime.block_on(run(cli)) {
         eprintln!("husk-cri-e2e: FAILED: {error:#}");
         std::process::exit(1);
