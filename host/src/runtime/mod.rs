@@ -33,7 +33,6 @@ pub use error::{Result, RuntimeError};
 pub use exec::ExecOutput;
 pub use ids::resolve_id;
 pub use lifecycle::{LifecycleEvent, LifecycleKind};
-pub use stats::{ContainerStatsSample, PodStatsSample};
 
 /// One pod: its record, its agent once the VM is up, and the channel that
 /// kills its VM.

@@ -98,7 +98,7 @@ impl Runtime {
                 )));
             }
         }
-        if !handler.is_empty() && !self.config.runtime_handlers.iter().any(|h| h == handler) {
+        if !self.config.accepts_runtime_handler(handler) {
             return Err(RuntimeError::InvalidArgument(format!(
                 "runtime_handler {handler:?} is not configured (configured: {:?})",
                 self.config.runtime_handlers

@@ -13,9 +13,6 @@ use super::error::Result;
 use super::{now_ns, Container, Runtime};
 use crate::state::ContainerState;
 
-pub type ContainerStatsSample = ContainerStats;
-pub type PodStatsSample = PodSandboxStats;
-
 fn value(v: u64) -> Option<UInt64Value> {
     Some(UInt64Value { value: v })
 }
