@@ -201,12 +201,14 @@ impl Agent for AgentService {
         reply(pb::DeleteContainerResponse {})
     }
 
-    async fn container_state(
+    async fn container_status(
         &self,
-        request: Request<pb::ContainerStateRequest>,
-    ) -> Result<Response<pb::ContainerStateResponse>, Status> {
-        let state = self.engine.state(&request.into_inner().container_id)?;
-        reply(pb::ContainerStateResponse { state: Some(state) })
+        request: Request<pb::ContainerStatusRequest>,
+    ) -> Result<Response<pb::ContainerStatusResponse>, Status> {
+        let status = self.engine.status(&request.into_inner().container_id)?;
+        reply(pb::ContainerStatusResponse {
+            status: Some(status),
+        })
     }
 
     async fn list_containers(

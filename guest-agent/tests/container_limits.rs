@@ -4,9 +4,12 @@
 
 mod harness;
 
-use harness::{sleeper, spec, TestAgent};
+use harness::{sleeper, spec, with_script, TestAgent};
+use husk_agent_client::{CgroupSample, CgroupVersion, ExitReason};
 use husk_proto::agent::v1 as pb;
+use oci_spec::runtime::{LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder};
 use serde_json::json;
+use tonic::Code;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -39,18 +42,12 @@ fn cgroup_file(pid: u32, controller: &str, name: &str) -> String {
         .to_string()
 }
 
-async fn stats(agent: &TestAgent, id: &str) -> pb::CgroupStats {
+async fn stats(agent: &TestAgent, id: &str) -> CgroupSample {
     agent
         .client
-        .clone()
-        .container_stats(pb::ContainerStatsRequest {
-            container_id: id.into(),
-        })
+        .container_stats(id)
         .await
         .expect("ContainerStats")
-        .into_inner()
-        .stats
-        .expect("stats")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,39 +79,54 @@ async fn limits_are_applied_reported_and_updated() {
     assert_eq!(cgroup_file(pid, "pids", "pids.max"), "20");
 
     let st = stats(&agent, "lim").await;
-    assert_eq!(st.memory_limit_bytes, 64 * MIB);
-    assert_eq!(st.pids_limit, 20);
-    assert_eq!(st.pids_current, 1, "{st:?}");
-    assert!(st.memory_usage_bytes > 0, "{st:?}");
-    assert_eq!(st.cgroup_version, if unified() { "v2" } else { "v1" });
+    assert_eq!(st.stats.memory_limit_bytes, 64 * MIB);
+    assert_eq!(st.stats.pids_limit, 20);
+    assert_eq!(st.stats.pids_current, 1, "{st:?}");
+    assert!(st.stats.memory_usage_bytes > 0, "{st:?}");
+    let (version, legacy) = if unified() {
+        (CgroupVersion::V2, "v2")
+    } else {
+        (CgroupVersion::V1, "v1")
+    };
+    assert_eq!(st.version, version);
+    assert_eq!(st.stats.cgroup_version, legacy);
 
-    let update = json!({"memory": {"limit": 96 * MIB}, "pids": {"limit": 30}});
+    let update = LinuxResourcesBuilder::default()
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(96 * MIB as i64)
+                .build()
+                .unwrap(),
+        )
+        .pids(LinuxPidsBuilder::default().limit(30).build().unwrap())
+        .build()
+        .unwrap();
     agent
         .client
-        .clone()
-        .update_container(pb::UpdateContainerRequest {
-            container_id: "lim".into(),
-            resources_json: serde_json::to_vec(&update).unwrap(),
-        })
+        .update_container("lim", &update)
         .await
         .expect("UpdateContainer");
     let st = stats(&agent, "lim").await;
-    assert_eq!((st.memory_limit_bytes, st.pids_limit), (96 * MIB, 30));
+    assert_eq!(
+        (st.stats.memory_limit_bytes, st.stats.pids_limit),
+        (96 * MIB, 30)
+    );
 
+    // JSON the typed client could never send: the agent's own check.
     let bad = agent
-        .client
-        .clone()
+        .wire()
+        .await
         .update_container(pb::UpdateContainerRequest {
             container_id: "lim".into(),
             resources_json: br#"{"cpu": {"period": "soon"}}"#.to_vec(),
         })
         .await
         .unwrap_err();
-    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert_eq!(bad.code(), Code::InvalidArgument);
     assert!(bad.message().contains("cpu.period"), "{bad:?}");
     let st = stats(&agent, "lim").await;
     assert_eq!(
-        st.memory_limit_bytes,
+        st.stats.memory_limit_bytes,
         96 * MIB,
         "a refused update changed the limits"
     );
@@ -127,14 +139,15 @@ async fn oom_kill_is_reported_as_oomkilled() {
     let mut s = spec(&[]);
     s["linux"]["resources"] = json!({"memory": {"limit": 16 * MIB, "swap": 16 * MIB}});
     // dd allocates and fills a 64 MiB block: four times the limit.
-    let (status, _out, err) = agent
-        .sh("oom", s, "exec dd if=/dev/zero of=/dev/null bs=64M count=1")
-        .await;
+    let script = "exec dd if=/dev/zero of=/dev/null bs=64M count=1";
+    let (exit, _out, err) = agent.run_to_exit("oom", &with_script(s, script)).await;
     assert_eq!(
-        (status.signal, status.exit_code, status.reason.as_str()),
-        (9, 137, "OOMKilled"),
+        (exit.signal, exit.code, exit.reason),
+        (9, 137, ExitReason::OomKilled),
         "stderr: {err}"
     );
+    agent.assert_wire_exit("oom", &exit, "OOMKilled").await;
+    agent.delete("oom", false).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,7 +157,7 @@ async fn pids_limit_stops_fork_bombs() {
     s["linux"]["resources"] = json!({"pids": {"limit": 5}});
     // busybox sh gives up at the first failed fork, as a shell should.
     let script = "for i in 1 2 3 4 5 6 7 8 9 10; do sleep 5 & echo started $i; done";
-    let (status, out, err) = agent.sh("pids", s, script).await;
+    let (exit, out, err) = agent.sh("pids", s, script).await;
     // sh is one of the five, so at most four sleeps start.
     let started = out.lines().count();
     assert!(
@@ -152,5 +165,5 @@ async fn pids_limit_stops_fork_bombs() {
         "{started} forks succeeded under pids.max=5: {out:?} {err:?}"
     );
     assert!(err.contains("fork"), "{err:?}");
-    assert_ne!(status.exit_code, 0);
+    assert_ne!(exit.code, 0);
 }

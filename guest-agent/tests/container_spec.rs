@@ -9,8 +9,8 @@ use serde_json::json;
 /// Runs `script` in a container from `spec`, expecting success; returns
 /// its stdout.
 async fn ok(agent: &TestAgent, id: &str, spec: serde_json::Value, script: &str) -> String {
-    let (status, out, err) = agent.sh(id, spec, script).await;
-    assert_eq!(status.exit_code, 0, "{id}: stdout {out:?} stderr {err:?}");
+    let (exit, out, err) = agent.sh(id, spec, script).await;
+    assert_eq!(exit.code, 0, "{id}: stdout {out:?} stderr {err:?}");
     out
 }
 
@@ -112,8 +112,8 @@ async fn namespaces_hostname_and_overlay_rootfs() {
     s["hostname"] = json!("box-1");
     let script = "echo $$; hostname; readlink /proc/self/ns/net; readlink /proc/self/ns/ipc; \
                   echo layer-write > /written; cat /etc/passwd | head -1";
-    let (status, out, err) = agent.sh("ns", s.clone(), script).await;
-    assert_eq!(status.exit_code, 0, "{err}");
+    let (exit, out, err) = agent.sh("ns", s.clone(), script).await;
+    assert_eq!(exit.code, 0, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "1", "the process is pid 1 of its pid namespace");
     assert_eq!(lines[1], "box-1");

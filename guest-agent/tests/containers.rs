@@ -4,137 +4,134 @@
 
 mod harness;
 
-use harness::{process, sleeper, spec, TestAgent};
-use husk_proto::agent::v1 as pb;
+use harness::{process, sleeper, spec, with_script, TestAgent, LAYER};
+use husk_agent_client::{
+    AgentEvent, ContainerState, ExitReason, ProcessRef, SandboxConfig, SignalScope,
+};
+use oci_spec::runtime::Spec;
 use serde_json::json;
+use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_create_start_output_exit_delete() {
     let agent = TestAgent::start("lifecycle").await;
     let id = "life";
+    // The typed spec, as the daemon sends it: the agent must take what
+    // oci-spec writes.
+    let typed: Spec = serde_json::from_value(spec(&[
+        "/bin/sh",
+        "-c",
+        "echo hello from busybox; echo oops >&2",
+    ]))
+    .expect("a valid OCI spec");
     let pid = agent
-        .create(
-            id,
-            &spec(&["/bin/sh", "-c", "echo hello from busybox; echo oops >&2"]),
-        )
+        .client
+        .create_container(id, &typed, &[LAYER.into()], false)
         .await
         .expect("CreateContainer");
     assert!(pid > 1);
-    let state = agent.state(id).await.unwrap();
-    assert_eq!(state.status(), pb::ContainerStatus::Created);
+    let status = agent.status(id).await.unwrap();
+    assert_eq!(status.state, ContainerState::Created);
+    assert_eq!((status.id.as_str(), status.pid), (id, pid));
     assert!(agent.container_dir(id).join("upper").is_dir());
 
     agent.start_container(id).await.expect("StartContainer");
-    let (out, err) = agent.output(id, "").await;
+    let init = ProcessRef::init(id);
+    let (out, err) = agent.output(&init).await;
     assert_eq!(out, "hello from busybox\n");
     assert_eq!(err, "oops\n");
-    let status = agent.wait(id, "").await;
-    assert_eq!((status.exit_code, status.signal), (0, 0));
-    assert_eq!(status.reason, "Completed");
-    let state = agent.state(id).await.unwrap();
-    assert_eq!(state.status(), pb::ContainerStatus::Stopped);
-    assert!(state.started_at_ns >= state.created_at_ns && state.created_at_ns > 0);
-    assert_eq!(state.exit.unwrap().exit_code, 0);
+    let exit = agent.wait(&init).await;
+    assert_eq!((exit.code, exit.signal), (0, 0));
+    assert_eq!(exit.reason, ExitReason::Completed);
+    agent.assert_wire_exit(id, &exit, "Completed").await;
+    let status = agent.status(id).await.unwrap();
+    assert_eq!(status.state, ContainerState::Stopped);
+    assert!(status.started_at_ns >= status.created_at_ns && status.created_at_ns > 0);
+    assert_eq!(status.exit.unwrap().code, 0);
 
     // Starting twice is refused; the state is intact.
     let again = agent.start_container(id).await.unwrap_err();
-    assert_eq!(again.code(), tonic::Code::FailedPrecondition, "{again:?}");
+    assert!(again.is_failed_precondition(), "{again:?}");
 
     agent.delete(id, false).await.expect("DeleteContainer");
     assert!(
         harness::gone(&agent.container_dir(id)),
         "container folder left behind"
     );
-    let missing = agent.state(id).await.unwrap_err();
-    assert_eq!(missing.code(), tonic::Code::NotFound);
-    let list = agent
-        .client
-        .clone()
-        .list_containers(pb::ListContainersRequest {})
-        .await
-        .unwrap();
-    assert!(list.into_inner().containers.is_empty());
+    let missing = agent.status(id).await.unwrap_err();
+    assert!(missing.is_not_found(), "{missing:?}");
+    let list = agent.client.list_containers().await.unwrap();
+    assert!(list.is_empty(), "{list:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_and_signals() {
     let agent = TestAgent::start("exits").await;
-    let (status, _, _) = agent.sh("code", spec(&[]), "exit 3").await;
+    let (exit, _, _) = agent
+        .run_to_exit("code", &with_script(spec(&[]), "exit 3"))
+        .await;
     assert_eq!(
-        (status.exit_code, status.signal, status.reason.as_str()),
-        (3, 0, "Error")
+        (exit.code, exit.signal, exit.reason),
+        (3, 0, ExitReason::Error)
     );
+    agent.assert_wire_exit("code", &exit, "Error").await;
+    agent.delete("code", false).await.unwrap();
 
     // A process that handles SIGTERM itself.
     let trap = "trap 'echo got TERM; exit 42' TERM; echo armed; while :; do sleep 0.05; done";
-    let mut s = spec(&[]);
-    s["process"]["args"] = json!(["/bin/sh", "-c", trap]);
-    agent.create("term", &s).await.unwrap();
-    agent.start_container("term").await.unwrap();
-    let mut output = agent
-        .client
-        .clone()
-        .read_output(pb::ReadOutputRequest {
-            container_id: "term".into(),
-            exec_id: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let first = output.message().await.unwrap().unwrap();
-    assert_eq!(first.data, b"armed\n");
-    signal(&agent, "term", "", libc::SIGTERM, false)
+    agent
+        .create("term", &with_script(spec(&[]), trap))
         .await
         .unwrap();
-    let status = agent.wait("term", "").await;
-    assert_eq!((status.exit_code, status.signal), (42, 0));
+    agent.start_container("term").await.unwrap();
+    let term = ProcessRef::init("term");
+    let mut output = agent.client.read_output(&term).await.unwrap();
+    let first = tokio::time::timeout(harness::TIMEOUT, output.next())
+        .await
+        .expect("no output in time")
+        .unwrap()
+        .expect("a first chunk");
+    assert_eq!(first.data, b"armed\n");
+    agent
+        .client
+        .signal(&term, libc::SIGTERM, SignalScope::Process)
+        .await
+        .unwrap();
+    let exit = agent.wait(&term).await;
+    assert_eq!((exit.code, exit.signal), (42, 0));
     agent.delete("term", false).await.unwrap();
 
     // SIGKILL from the host.
     agent.create("kill", &sleeper()).await.unwrap();
     agent.start_container("kill").await.unwrap();
     let running = agent.delete("kill", false).await.unwrap_err();
-    assert_eq!(
-        running.code(),
-        tonic::Code::FailedPrecondition,
-        "{running:?}"
-    );
-    signal(&agent, "kill", "", libc::SIGKILL, false)
-        .await
-        .unwrap();
-    let status = agent.wait("kill", "").await;
-    assert_eq!(
-        (status.exit_code, status.signal, status.reason.as_str()),
-        (137, 9, "Signaled")
-    );
-    let late = signal(&agent, "kill", "", libc::SIGTERM, false)
-        .await
-        .unwrap_err();
-    assert_eq!(late.code(), tonic::Code::FailedPrecondition);
-    agent.delete("kill", false).await.unwrap();
-
-    let bad = signal(&agent, "nope", "", 15, false).await.unwrap_err();
-    assert_eq!(bad.code(), tonic::Code::NotFound);
-}
-
-async fn signal(
-    agent: &TestAgent,
-    id: &str,
-    exec_id: &str,
-    signal: i32,
-    all: bool,
-) -> Result<(), tonic::Status> {
+    assert!(running.is_failed_precondition(), "{running:?}");
+    let kill = ProcessRef::init("kill");
     agent
         .client
-        .clone()
-        .signal_process(pb::SignalProcessRequest {
-            container_id: id.into(),
-            exec_id: exec_id.into(),
-            signal: signal as u32,
-            all,
-        })
+        .signal(&kill, libc::SIGKILL, SignalScope::Process)
         .await
-        .map(|_| ())
+        .unwrap();
+    let exit = agent.wait(&kill).await;
+    assert_eq!(
+        (exit.code, exit.signal, exit.reason),
+        (137, 9, ExitReason::Signaled)
+    );
+    agent.assert_wire_exit("kill", &exit, "Signaled").await;
+    let late = agent
+        .client
+        .signal(&kill, libc::SIGTERM, SignalScope::Process)
+        .await
+        .unwrap_err();
+    assert!(late.is_failed_precondition(), "{late:?}");
+    agent.delete("kill", false).await.unwrap();
+
+    let bad = agent
+        .client
+        .signal(&ProcessRef::init("nope"), 15, SignalScope::Process)
+        .await
+        .unwrap_err();
+    assert!(bad.is_not_found(), "{bad:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,44 +142,28 @@ async fn stdin_is_piped_to_the_process() {
         .await
         .unwrap();
     agent.start_container("cat").await.unwrap();
-    let mut client = agent.client.clone();
+    let cat = ProcessRef::init("cat");
     for part in ["hello ", "through ", "stdin\n"] {
-        client
-            .write_stdin(pb::WriteStdinRequest {
-                container_id: "cat".into(),
-                exec_id: String::new(),
-                data: part.as_bytes().to_vec(),
-            })
+        agent
+            .client
+            .write_stdin(&cat, part.as_bytes())
             .await
             .unwrap();
     }
-    client
-        .close_stdin(pb::CloseStdinRequest {
-            container_id: "cat".into(),
-            exec_id: String::new(),
-        })
-        .await
-        .unwrap();
-    let (out, _) = agent.output("cat", "").await;
+    agent.client.close_stdin(&cat).await.unwrap();
+    let (out, _) = agent.output(&cat).await;
     assert_eq!(out, "HELLO THROUGH STDIN\n");
-    assert_eq!(agent.wait("cat", "").await.exit_code, 0);
+    assert_eq!(agent.wait(&cat).await.code, 0);
     agent.delete("cat", false).await.unwrap();
 
     // Without stdin, writing is refused.
     agent.create("nostdin", &sleeper()).await.unwrap();
-    let refused = client
-        .write_stdin(pb::WriteStdinRequest {
-            container_id: "nostdin".into(),
-            exec_id: String::new(),
-            data: b"x".to_vec(),
-        })
+    let refused = agent
+        .client
+        .write_stdin(&ProcessRef::init("nostdin"), b"x")
         .await
         .unwrap_err();
-    assert_eq!(
-        refused.code(),
-        tonic::Code::FailedPrecondition,
-        "{refused:?}"
-    );
+    assert!(refused.is_failed_precondition(), "{refused:?}");
     agent.delete("nostdin", true).await.unwrap();
 }
 
@@ -197,52 +178,33 @@ async fn exec_with_a_terminal() {
         .exec("box", "t1", &p, true)
         .await
         .expect("ExecProcess with a terminal");
-    let mut client = agent.client.clone();
-    client
-        .resize_terminal(pb::ResizeTerminalRequest {
-            container_id: "box".into(),
-            exec_id: "t1".into(),
-            rows: 33,
-            cols: 101,
-        })
+    let t1 = ProcessRef::exec("box", "t1");
+    agent
+        .client
+        .resize_terminal(&t1, 33, 101)
         .await
         .expect("ResizeTerminal");
-    client
-        .write_stdin(pb::WriteStdinRequest {
-            container_id: "box".into(),
-            exec_id: "t1".into(),
-            data: b"typed\n".to_vec(),
-        })
-        .await
-        .unwrap();
-    let (out, err) = agent.output("box", "t1").await;
+    agent.client.write_stdin(&t1, b"typed\n").await.unwrap();
+    let (out, err) = agent.output(&t1).await;
     // The terminal echoes input and turns \n into \r\n.
     assert!(out.contains("typed\r\n"), "{out:?}");
     assert!(out.contains("/dev/pts/"), "{out:?}");
     assert!(out.contains("33 101"), "{out:?}");
     assert!(out.contains("got typed"), "{out:?}");
     assert!(err.is_empty(), "a terminal has one output stream: {err:?}");
-    assert_eq!(agent.wait("box", "t1").await.exit_code, 0);
+    assert_eq!(agent.wait(&t1).await.code, 0);
 
     // A process without a terminal cannot be resized.
     agent
         .exec("box", "plain", &process(&["/bin/sleep", "5"]), false)
         .await
         .unwrap();
-    let refused = client
-        .resize_terminal(pb::ResizeTerminalRequest {
-            container_id: "box".into(),
-            exec_id: "plain".into(),
-            rows: 1,
-            cols: 1,
-        })
+    let refused = agent
+        .client
+        .resize_terminal(&ProcessRef::exec("box", "plain"), 1, 1)
         .await
         .unwrap_err();
-    assert_eq!(
-        refused.code(),
-        tonic::Code::FailedPrecondition,
-        "{refused:?}"
-    );
+    assert!(refused.is_failed_precondition(), "{refused:?}");
     agent.delete("box", true).await.unwrap();
 }
 
@@ -267,16 +229,17 @@ async fn twenty_concurrent_execs() {
                 )
                 .await
                 .unwrap_or_else(|e| panic!("exec {i}: {e:?}"));
-            let (out, _) = agent.output("box", &exec_id).await;
-            let status = agent.wait("box", &exec_id).await;
-            (i, out, status)
+            let exec = ProcessRef::exec("box", exec_id);
+            let (out, _) = agent.output(&exec).await;
+            let exit = agent.wait(&exec).await;
+            (i, out, exit)
         });
     }
     let mut seen = 0;
     while let Some(result) = runs.join_next().await {
-        let (i, out, status) = result.expect("exec task");
+        let (i, out, exit) = result.expect("exec task");
         assert!(out.starts_with(&format!("exec {i} pid ")), "{i}: {out:?}");
-        assert_eq!(status.exit_code, i % 4, "{i}");
+        assert_eq!(exit.code, i % 4, "{i}");
         seen += 1;
     }
     assert_eq!(seen, 20);
@@ -297,16 +260,12 @@ async fn twenty_concurrent_execs() {
         codes.push(racer.await.unwrap().map(|_| ()).map_err(|e| e.code()));
     }
     codes.sort_by_key(|c| c.is_err());
-    assert_eq!(
-        codes,
-        [Ok(()), Err(tonic::Code::AlreadyExists)],
-        "{codes:?}"
-    );
-    assert_eq!(agent.wait("box", "same").await.exit_code, 0);
+    assert_eq!(codes, [Ok(()), Err(Some(Code::AlreadyExists))], "{codes:?}");
+    assert_eq!(agent.wait(&ProcessRef::exec("box", "same")).await.code, 0);
     // Waited execs are forgotten; the container is untouched.
-    let state = agent.state("box").await.unwrap();
-    assert!(state.exec_ids.is_empty(), "{:?}", state.exec_ids);
-    assert_eq!(state.status(), pb::ContainerStatus::Running);
+    let status = agent.status("box").await.unwrap();
+    assert!(status.exec_ids.is_empty(), "{:?}", status.exec_ids);
+    assert_eq!(status.state, ContainerState::Running);
     agent.delete("box", true).await.unwrap();
     assert!(harness::gone(&agent.container_dir("box")));
 }
@@ -314,22 +273,19 @@ async fn twenty_concurrent_execs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_report_exits() {
     let agent = TestAgent::start("events").await;
-    let mut events = agent
-        .client
-        .clone()
-        .events(pb::EventsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = agent.client.events().await.unwrap();
     agent.sh("ev", spec(&[]), "exit 5").await;
-    let event = tokio::time::timeout(harness::TIMEOUT, events.message())
+    // The client bounds opening the stream, not waiting on it.
+    let event = tokio::time::timeout(harness::TIMEOUT, events.next())
         .await
+        .expect("no event in time")
         .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(event.container_id, "ev");
-    match event.kind {
-        Some(pb::event::Kind::Exit(status)) => assert_eq!(status.exit_code, 5),
+        .expect("an event");
+    match event {
+        AgentEvent::Exited { process, exit, .. } => {
+            assert_eq!(process, ProcessRef::init("ev"));
+            assert_eq!((exit.code, exit.reason), (5, ExitReason::Error));
+        }
         other => panic!("expected an exit event, got {other:?}"),
     }
 }
@@ -337,25 +293,26 @@ async fn events_report_exits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guest_metrics_and_sandbox() {
     let agent = TestAgent::start("sandbox").await;
-    let mut client = agent.client.clone();
-    let reply = client
-        .setup_sandbox(pb::SetupSandboxRequest {
+    let files = agent
+        .client
+        .setup_sandbox(SandboxConfig {
             hostname: "pod-a".into(),
             hosts: "127.0.0.1 localhost pod-a\n".into(),
             resolv_conf: "nameserver 10.0.0.10\n".into(),
             sysctls: [("net.ipv4.ip_forward".to_string(), "1".to_string())].into(),
         })
         .await
-        .expect("SetupSandbox")
-        .into_inner();
+        .expect("SetupSandbox");
+    let resolv_conf = files.resolv_conf.expect("a resolv.conf path");
+    let hosts = files.hosts.expect("a hosts path");
     // A container sees the sandbox's files through bind mounts and shares
     // its uts namespace when the spec has none of its own.
     let mut s = spec(&[]);
     s["mounts"].as_array_mut().unwrap().push(json!({
-        "destination": "/etc/resolv.conf", "type": "bind", "source": reply.resolv_conf_path, "options": ["rbind", "ro"]
+        "destination": "/etc/resolv.conf", "type": "bind", "source": resolv_conf, "options": ["rbind", "ro"]
     }));
     s["mounts"].as_array_mut().unwrap().push(json!({
-        "destination": "/etc/hosts", "type": "bind", "source": reply.hosts_path, "options": ["rbind", "ro"]
+        "destination": "/etc/hosts", "type": "bind", "source": hosts, "options": ["rbind", "ro"]
     }));
     let ns: Vec<_> = s["linux"]["namespaces"]
         .as_array()
@@ -366,34 +323,36 @@ async fn guest_metrics_and_sandbox() {
         .collect();
     s["linux"]["namespaces"] = json!(ns);
     s.as_object_mut().unwrap().remove("hostname");
-    let (status, out, err) = agent
+    let (exit, out, err) = agent
         .sh(
             "reader",
             s,
             "cat /etc/resolv.conf /etc/hosts; hostname; cat /proc/sys/net/ipv4/ip_forward",
         )
         .await;
-    assert_eq!(status.exit_code, 0, "{err}");
+    assert_eq!(exit.code, 0, "{err}");
     assert_eq!(
         out,
         "nameserver 10.0.0.10\n127.0.0.1 localhost pod-a\npod-a\n1\n"
     );
 
-    let bad = client
-        .setup_sandbox(pb::SetupSandboxRequest {
+    let bad = agent
+        .client
+        .setup_sandbox(SandboxConfig {
             sysctls: [("kernel.panic".to_string(), "1".to_string())].into(),
             ..Default::default()
         })
         .await
         .unwrap_err();
-    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
-    assert!(bad.message().contains("kernel.panic"), "{bad:?}");
+    assert_eq!(bad.code(), Some(Code::InvalidArgument), "{bad:?}");
+    assert!(
+        bad.agent_message()
+            .unwrap_or_default()
+            .contains("kernel.panic"),
+        "{bad:?}"
+    );
 
-    let metrics = client
-        .guest_metrics(pb::GuestMetricsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let metrics = agent.client.guest_metrics().await.unwrap();
     assert!(
         metrics.memory_total_bytes > 0 && metrics.processes > 0,
         "{metrics:?}"

@@ -10,11 +10,11 @@ mod harness;
 use std::process::Command;
 
 use harness::{spec, TestAgent};
-use husk_proto::agent::v1 as pb;
+use husk_agent_client::{AgentClientError, Interface, NetworkConfig, Route};
 use tonic::Code;
 
-fn interface(name: &str, mtu: u32, addresses: &[&str], up: bool) -> pb::Interface {
-    pb::Interface {
+fn interface(name: &str, mtu: u32, addresses: &[&str], up: bool) -> Interface {
+    Interface {
         name: name.into(),
         mtu,
         addresses: addresses.iter().map(|a| a.to_string()).collect(),
@@ -22,8 +22,8 @@ fn interface(name: &str, mtu: u32, addresses: &[&str], up: bool) -> pb::Interfac
     }
 }
 
-fn route(destination: &str, gateway: &str, device: &str) -> pb::Route {
-    pb::Route {
+fn route(destination: &str, gateway: &str, device: &str) -> Route {
+    Route {
         destination: destination.into(),
         gateway: gateway.into(),
         device: device.into(),
@@ -32,15 +32,13 @@ fn route(destination: &str, gateway: &str, device: &str) -> pb::Route {
 
 async fn setup_network(
     agent: &TestAgent,
-    interfaces: Vec<pb::Interface>,
-    routes: Vec<pb::Route>,
-) -> Result<(), tonic::Status> {
+    interfaces: Vec<Interface>,
+    routes: Vec<Route>,
+) -> Result<(), AgentClientError> {
     agent
         .client
-        .clone()
-        .setup_network(pb::SetupNetworkRequest { interfaces, routes })
+        .setup_network(NetworkConfig { interfaces, routes })
         .await
-        .map(drop)
 }
 
 fn net_ns(pid: &str) -> std::path::PathBuf {
@@ -145,8 +143,8 @@ async fn container_view(agent: &TestAgent, id: &str, commands: &[&str]) -> Vec<S
         .map(|c| format!("echo '--- {c}'; {c}"))
         .collect::<Vec<_>>()
         .join("; ");
-    let (status, out, err) = agent.sh(id, spec(&[]), &script).await;
-    assert_eq!(status.exit_code, 0, "{out}\n{err}");
+    let (exit, out, err) = agent.sh(id, spec(&[]), &script).await;
+    assert_eq!(exit.code, 0, "{out}\n{err}");
     out.split("--- ").skip(1).map(str::to_owned).collect()
 }
 
@@ -360,11 +358,10 @@ async fn bad_requests_are_refused_and_change_nothing() {
         let err = setup_network(&agent, interfaces, routes)
             .await
             .expect_err(message);
-        assert_eq!(err.code(), code, "{err:?}");
+        assert_eq!(err.code(), Some(code), "{err:?}");
         assert!(
-            err.message().starts_with(message),
-            "expected {message:?}, got {:?}",
-            err.message()
+            err.agent_message().unwrap_or_default().starts_with(message),
+            "expected {message:?}, got {err:?}"
         );
         assert_eq!(snapshot(&agent), before, "after {message:?}");
     }
@@ -373,9 +370,10 @@ async fn bad_requests_are_refused_and_change_nothing() {
     let err = setup_network(&agent, vec![], vec![route("10.40.0.0/16", "10.99.0.1", "")])
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::Internal, "{err:?}");
+    assert_eq!(err.code(), Some(Code::Internal), "{err:?}");
     assert!(
-        err.message()
+        err.agent_message()
+            .unwrap_or_default()
             .starts_with("adding route 10.40.0.0/16 via 10.99.0.1: "),
         "{err:?}"
     );

@@ -15,8 +15,14 @@ pub mod agent {
 /// which calls an agent understands.
 ///
 /// History: 1 Health, Shutdown; 2 ReadFile, WriteFile; 3 sandbox, network,
-/// containers, processes and guest metrics.
-pub const API_VERSION: u32 = 3;
+/// containers, processes and guest metrics; 4 exit reasons and cgroup
+/// versions as enums, ContainerStatus/ContainerState named as in the CRI
+/// (the ContainerState call became ContainerStatus).
+pub const API_VERSION: u32 = 4;
+
+/// The oldest agent API the host works with: the container calls came in 3.
+/// Checked by the client on every connect.
+pub const MIN_API_VERSION: u32 = 3;
 
 /// The AF_VSOCK port the agent listens on inside the guest.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

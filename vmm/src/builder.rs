@@ -47,9 +47,9 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("vsock device: {0}")]
-    Vsock(String),
+    Vsock(#[source] husk_vsock::Error),
     #[error("virtio-fs device: {0}")]
-    Fs(String),
+    Fs(#[source] husk_virtiofs::Error),
     #[error("too many virtio devices for the free IRQ lines")]
     OutOfIrqs,
     #[error("{what}: {source}")]
@@ -60,7 +60,7 @@ pub enum Error {
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::Error),
     #[error("event loop: {0}")]
-    EventLoop(String),
+    EventLoop(#[source] event_manager::Error),
 }
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
@@ -89,8 +89,7 @@ impl Vmm {
         vm.map_memory(&mem)?;
         vm.create_irqchip_and_pit()?;
         let exit = Arc::new(ExitSignal::new().map_err(io("create the exit event"))?);
-        let mut events: EventManager<Subscriber> =
-            EventManager::new().map_err(|e| Error::EventLoop(e.to_string()))?;
+        let mut events: EventManager<Subscriber> = EventManager::new().map_err(Error::EventLoop)?;
         events.add_subscriber(Arc::new(Mutex::new(ExitWatcher(exit.clone()))));
 
         let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(io("create the serial irqfd"))?;
@@ -240,9 +239,7 @@ impl Vmm {
                     .flush();
                 return Ok(reason);
             }
-            self.events
-                .run()
-                .map_err(|e| Error::EventLoop(e.to_string()))?;
+            self.events.run().map_err(Error::EventLoop)?;
         }
     }
 }
@@ -265,13 +262,12 @@ pub fn run(config: &VmConfig) -> Result<ExitReason, Error> {
     );
     // The vsock socket is created first: virtio-fs's passthrough sets the
     // process umask to 0 when it opens the shared folder.
-    let vsock = husk_vsock::Vsock::new(config.cid, config.vsock_uds.clone())
-        .map_err(|e| Error::Vsock(e.to_string()))?;
+    let vsock =
+        husk_vsock::Vsock::new(config.cid, config.vsock_uds.clone()).map_err(Error::Vsock)?;
     let vsock = Arc::new(Mutex::new(vsock));
     vmm.add_virtio_device(vsock.clone())?;
     if let Some(dir) = &config.shared_dir {
-        let fs =
-            husk_virtiofs::Fs::new(SHARED_DIR_TAG, dir).map_err(|e| Error::Fs(e.to_string()))?;
+        let fs = husk_virtiofs::Fs::new(SHARED_DIR_TAG, dir).map_err(Error::Fs)?;
         vmm.add_virtio_device(Arc::new(Mutex::new(fs)))?;
     }
     tracing::info!(

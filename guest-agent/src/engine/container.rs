@@ -41,13 +41,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Container {
-    pub fn status(&self) -> pb::ContainerStatus {
+    pub fn state(&self) -> pb::ContainerState {
         if self.init.exit_status().is_some() {
-            pb::ContainerStatus::Stopped
+            pb::ContainerState::Stopped
         } else if self.started_at_ns.load(Ordering::Acquire) != 0 {
-            pb::ContainerStatus::Running
+            pb::ContainerState::Running
         } else {
-            pb::ContainerStatus::Created
+            pb::ContainerState::Created
         }
     }
 
@@ -100,12 +100,12 @@ impl Container {
         !matches!(super::pid_namespace(&self.spec), PidNamespace::Same)
     }
 
-    pub fn state(&self) -> pb::ContainerState {
+    pub fn status(&self) -> pb::ContainerStatus {
         let mut exec_ids: Vec<String> = lock(&self.execs).running.keys().cloned().collect();
         exec_ids.sort();
-        pb::ContainerState {
+        pb::ContainerStatus {
             container_id: self.id.clone(),
-            status: self.status() as i32,
+            state: self.state() as i32,
             pid: self.init.pid,
             created_at_ns: self.created_at_ns,
             started_at_ns: self.started_at_ns.load(Ordering::Acquire),

@@ -289,7 +289,7 @@ impl Engine {
                 .get(id)
                 .cloned()
                 .ok_or_else(|| EngineError::NoContainer(id.to_owned()))?;
-            if container.status() == pb::ContainerStatus::Running && !force {
+            if container.state() == pb::ContainerState::Running && !force {
                 return Err(EngineError::State(
                     id.to_owned(),
                     "is running (stop it first, or delete with force)".into(),
@@ -364,12 +364,12 @@ impl Engine {
         }
     }
 
-    pub fn state(&self, id: &str) -> Result<pb::ContainerState, EngineError> {
-        Ok(self.get(id)?.state())
+    pub fn status(&self, id: &str) -> Result<pb::ContainerStatus, EngineError> {
+        Ok(self.get(id)?.status())
     }
 
-    pub fn list(&self) -> Vec<pb::ContainerState> {
-        let mut all: Vec<_> = self.table().ready.values().map(|c| c.state()).collect();
+    pub fn list(&self) -> Vec<pb::ContainerStatus> {
+        let mut all: Vec<_> = self.table().ready.values().map(|c| c.status()).collect();
         all.sort_by(|a, b| a.container_id.cmp(&b.container_id));
         all
     }

@@ -98,6 +98,7 @@ impl TrackedProcess {
             Err(_) => pb::ExitStatus {
                 exit_code: 255,
                 reason: "Unknown".into(),
+                kind: pb::ExitReason::Unknown as i32,
                 ..Default::default()
             },
         };
@@ -219,6 +220,11 @@ fn watch_exit(
                 signal: 0,
                 reason: if code == 0 { "Completed" } else { "Error" }.into(),
                 finished_at_ns,
+                kind: if code == 0 {
+                    pb::ExitReason::Completed
+                } else {
+                    pb::ExitReason::Error
+                } as i32,
             },
             Ok(ExitStatus::Signaled { signal, .. }) => {
                 let oom =
@@ -236,6 +242,11 @@ fn watch_exit(
                     signal: signal as u32,
                     reason: if oom { "OOMKilled" } else { "Signaled" }.into(),
                     finished_at_ns,
+                    kind: if oom {
+                        pb::ExitReason::OomKilled
+                    } else {
+                        pb::ExitReason::Signaled
+                    } as i32,
                 }
             }
             Err(_) => pb::ExitStatus {
@@ -243,6 +254,7 @@ fn watch_exit(
                 signal: 0,
                 reason: "Unknown".into(),
                 finished_at_ns,
+                kind: pb::ExitReason::Unknown as i32,
             },
         };
         let _ = context.events.send(pb::Event {

@@ -18,7 +18,7 @@ impl Engine {
         let container = self.get(&request.container_id)?;
         spec::check_id("exec_id", &request.exec_id)?;
         let process = spec::parse_process(&request.process_json)?;
-        if container.status() != pb::ContainerStatus::Running {
+        if container.state() != pb::ContainerState::Running {
             return Err(EngineError::State(
                 container.id.clone(),
                 "is not running".into(),

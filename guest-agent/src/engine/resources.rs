@@ -46,6 +46,10 @@ impl Engine {
                 cgroups::CgroupVersion::V2 => "v2",
             }
             .into(),
+            cgroup: match s.version {
+                cgroups::CgroupVersion::V1 => pb::CgroupVersion::V1,
+                cgroups::CgroupVersion::V2 => pb::CgroupVersion::V2,
+            } as i32,
         })
     }
 }

@@ -2,7 +2,8 @@
 //! content-addressed and unpacks every layer once per node into its own
 //! folder, which pods share as overlayfs lower layers.
 //!
-//! - [`store`]: [`ImageStore`], what the CRI ImageService calls.
+//! - [`store`]: [`ImageStore`], what the CRI ImageService calls, in parts:
+//!   layout, tags, garbage collection, pulling, image files.
 //! - [`registry`]: fetching manifests and blobs (oci-client), verified.
 //! - [`manifest`]: manifests, indexes, configs; platform choice.
 //! - [`unpack`]: the hardened layer unpacker (untrusted archives).

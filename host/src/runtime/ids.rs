@@ -17,10 +17,10 @@ pub fn new_id() -> String {
 pub fn resolve_id<'a>(
     ids: impl Iterator<Item = &'a String>,
     wanted: &str,
-    what: &str,
+    what: &'static str,
 ) -> Result<String> {
     if wanted.is_empty() {
-        return Err(RuntimeError::InvalidArgument(format!("{what} id is empty")));
+        return Err(RuntimeError::invalid(format!("{what} id"), "is empty"));
     }
     let mut found: Option<&String> = None;
     for id in ids {
@@ -29,16 +29,18 @@ pub fn resolve_id<'a>(
         }
         if id.starts_with(wanted) {
             if found.is_some() {
-                return Err(RuntimeError::InvalidArgument(format!(
-                    "{what} id prefix {wanted:?} is ambiguous"
-                )));
+                return Err(RuntimeError::AmbiguousId {
+                    kind: what,
+                    prefix: wanted.to_owned(),
+                });
             }
             found = Some(id);
         }
     }
-    found
-        .cloned()
-        .ok_or_else(|| RuntimeError::NotFound(format!("{what} {wanted:?} not found")))
+    found.cloned().ok_or_else(|| RuntimeError::NotFound {
+        kind: what,
+        id: wanted.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -56,10 +58,8 @@ mod tests {
         let e = resolve_id(ids.iter(), "ab", "pod").unwrap_err();
         assert!(e.to_string().contains("ambiguous"), "{e}");
         let e = resolve_id(ids.iter(), "zz", "pod").unwrap_err();
-        assert_eq!(e.code(), tonic::Code::NotFound);
-        assert_eq!(
-            resolve_id(ids.iter(), "", "pod").unwrap_err().code(),
-            tonic::Code::InvalidArgument
-        );
+        assert!(e.is_not_found(), "{e}");
+        let e = resolve_id(ids.iter(), "", "pod").unwrap_err();
+        assert!(matches!(e, RuntimeError::InvalidArgument { .. }), "{e}");
     }
 }

@@ -6,9 +6,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use husk_proto::agent::v1::{OutputStream, ReadOutputRequest};
+use husk_agent_client::{AgentClient, OutputStream, ProcessRef};
 
-use super::agent::{PodAgent, SHORT_CALL};
 use super::error::{Result, RuntimeError};
 use super::Container;
 use crate::logs::{LogWriter, Stream};
@@ -17,43 +16,31 @@ use crate::logs::{LogWriter, Stream};
 /// path fails CreateContainer cleanly).
 pub fn open_log(path: Option<&Path>) -> Result<Option<LogWriter>> {
     path.map(|path| {
-        LogWriter::open(path).map_err(|e| {
-            RuntimeError::InvalidArgument(format!(
-                "cannot open the container log file {}: {e}",
-                path.display()
-            ))
+        LogWriter::open(path).map_err(|source| RuntimeError::LogFile {
+            path: path.to_owned(),
+            source,
         })
     })
     .transpose()
 }
 
 /// Copies the container's output into `writer` until the stream ends.
-pub fn start_pump(container: &Arc<Container>, agent: PodAgent, writer: Option<LogWriter>) {
+pub fn start_pump(container: &Arc<Container>, agent: AgentClient, writer: Option<LogWriter>) {
     *container.log.lock().unwrap() = writer;
     let log = container.log.clone();
     let id = container.id.clone();
     let task = tokio::spawn(async move {
-        let request = ReadOutputRequest {
-            container_id: id.clone(),
-            exec_id: String::new(),
-        };
-        let mut client = agent.raw();
-        let stream = tokio::time::timeout(SHORT_CALL, client.read_output(request)).await;
-        let mut stream = match stream {
-            Ok(Ok(response)) => response.into_inner(),
-            Ok(Err(status)) => {
-                tracing::warn!(container = %id, %status, "cannot read the container's output");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(container = %id, "the agent did not open the container's output");
+        let mut output = match agent.read_output(&ProcessRef::init(&id)).await {
+            Ok(output) => output,
+            Err(error) => {
+                tracing::warn!(container = %id, %error, "cannot read the container's output");
                 return;
             }
         };
-        while let Ok(Some(chunk)) = stream.message().await {
-            let stream = match chunk.stream() {
+        while let Ok(Some(chunk)) = output.next().await {
+            let stream = match chunk.stream {
                 OutputStream::Stderr => Stream::Stderr,
-                _ => Stream::Stdout,
+                OutputStream::Stdout => Stream::Stdout,
             };
             if let Some(writer) = log.lock().unwrap().as_mut() {
                 if let Err(error) = writer.write(stream, &chunk.data) {

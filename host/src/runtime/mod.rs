@@ -8,42 +8,45 @@
 //! an async mutex that serializes its lifecycle calls (run, stop, remove,
 //! container create/remove), so pods proceed in parallel.
 
-mod agent;
 mod containers;
 mod error;
-mod events;
 mod exec;
 mod ids;
 mod io;
 mod lifecycle;
+mod monitor;
 mod pods;
 mod recovery;
 mod stats;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use husk_agent_client::AgentClient;
 
 use crate::config::Config;
 use crate::image::ImageStore;
 use crate::logs::LogWriter;
 use crate::state::{ContainerRecord, PodRecord, StateStore};
+use crate::vm::{HuskVmm, VmController, VmHandle};
 
-pub use agent::PodAgent;
-pub use error::{Result, RuntimeError};
+pub use error::{AgentResultExt, Result, RuntimeError};
 pub use exec::ExecOutput;
 pub use ids::resolve_id;
 pub use lifecycle::{LifecycleEvent, LifecycleKind};
 
-/// One pod: its record, its agent once the VM is up, and the channel that
-/// kills its VM.
+/// One pod: its record, its VM while it runs, and its agent once the VM
+/// answers.
 pub struct Pod {
     pub id: String,
     record: Mutex<PodRecord>,
     /// Serializes the pod's lifecycle calls.
     op: tokio::sync::Mutex<()>,
-    agent: Mutex<Option<PodAgent>>,
-    /// Asks the VM's monitor to kill the VMM and tells when it is gone.
-    vm: Mutex<Option<events::VmHandle>>,
+    agent: Mutex<Option<AgentClient>>,
+    vm: Mutex<Option<Arc<VmHandle>>>,
 }
 
 impl Pod {
@@ -61,8 +64,12 @@ impl Pod {
         self.record.lock().unwrap().clone()
     }
 
-    fn agent(&self) -> Option<PodAgent> {
+    fn agent(&self) -> Option<AgentClient> {
         self.agent.lock().unwrap().clone()
+    }
+
+    fn vm(&self) -> Option<Arc<VmHandle>> {
+        self.vm.lock().unwrap().clone()
     }
 }
 
@@ -94,6 +101,16 @@ impl Container {
     }
 }
 
+impl Drop for Container {
+    /// A runtime going away stops copying its containers' output (the next
+    /// daemon copies it again from where the agent kept it).
+    fn drop(&mut self) {
+        if let Some(task) = self.pump.get_mut().unwrap().take() {
+            task.abort();
+        }
+    }
+}
+
 #[derive(Default)]
 struct Tables {
     pods: HashMap<String, Arc<Pod>>,
@@ -104,18 +121,31 @@ pub struct Runtime {
     config: Config,
     store: StateStore,
     images: Arc<ImageStore>,
+    vms: Arc<dyn VmController>,
     tables: Mutex<Tables>,
     lifecycle: tokio::sync::broadcast::Sender<LifecycleEvent>,
 }
 
 impl Runtime {
-    /// Opens the state and rebuilds the runtime from it: see [`recovery`].
+    /// Opens the state and rebuilds the runtime from it, with pods' VMs
+    /// run by husk-vmm: see [`recovery`].
     pub async fn start(config: Config, images: Arc<ImageStore>) -> Result<Arc<Runtime>> {
+        let vms = Arc::new(HuskVmm::new(config.vm.vmm.clone()));
+        Runtime::start_with(config, images, vms).await
+    }
+
+    /// [`start`](Self::start) with another [`VmController`] (tests).
+    pub async fn start_with(
+        config: Config,
+        images: Arc<ImageStore>,
+        vms: Arc<dyn VmController>,
+    ) -> Result<Arc<Runtime>> {
         let store = StateStore::open(&config.state_dir)?;
         let runtime = Arc::new(Runtime {
             config,
             store,
             images,
+            vms,
             tables: Mutex::new(Tables::default()),
             lifecycle: lifecycle::channel(),
         });

@@ -1,27 +1,18 @@
 //! RunPodSandbox, StopPodSandbox, RemovePodSandbox: a pod is one microVM.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
-use husk_agent_client::AgentClient;
-use husk_proto::agent::v1::{
-    Interface, SetupNetworkRequest, SetupSandboxRequest, ShutdownRequest, SignalProcessRequest,
-};
-use husk_proto::AGENT_VSOCK_PORT;
+use husk_agent_client::{AgentClient, Interface, NetworkConfig};
 use k8s_cri::v1::PodSandboxConfig;
 
-use super::agent::{PodAgent, SHORT_CALL};
-use super::error::{Result, RuntimeError};
-use super::events::{follow_events, watch_vm};
+use super::error::{AgentResultExt, Result, RuntimeError};
 use super::ids::new_id;
-use super::{io, now_ns, LifecycleKind, Pod, Runtime};
-use crate::state::{ContainerState, PodRecord, PodState, SandboxFiles, VmRecord};
-use crate::vm::{unmount_under, VmLayout, VmProcess, VmSpec};
+use super::{io, monitor, now_ns, LifecycleKind, Pod, Runtime};
+use crate::deadlines::{AGENT_CALL, GUEST_SHUTDOWN};
+use crate::spec;
+use crate::state::{PodRecord, PodState, SandboxFiles, VmRecord};
+use crate::vm::{unmount_under, vm_logs, VmHandle, VmLayout, VmSpec};
 
-/// How long a powered-off guest may take to end its VMM before it is
-/// killed.
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// Every VM's vsock context id: each VM has its own device and the host
 /// reaches it through the VMM's socket, so ids never meet.
 const GUEST_CID: u64 = 3;
@@ -55,11 +46,11 @@ impl Runtime {
                 .values()
                 .find(|p| same_pod_name(&p.record(), &record))
             {
-                return Err(RuntimeError::AlreadyExists(format!(
-                    "pod sandbox name {} is already used by pod {}",
-                    pod_name(&record.config),
-                    other.id
-                )));
+                return Err(RuntimeError::AlreadyExists {
+                    what: format!("pod sandbox name {}", pod_name(&record.config)),
+                    kind: "pod",
+                    owner: other.id.clone(),
+                });
             }
             self.store.save_pod(&record)?;
             tables.pods.insert(id.clone(), pod.clone());
@@ -74,7 +65,7 @@ impl Runtime {
                 Ok(id)
             }
             Err(error) => {
-                tracing::warn!(pod = %id, %error, "pod start failed");
+                tracing::warn!(pod = %id, error = %crate::server::status::message(&error), "pod start failed");
                 self.destroy_pod(&pod, &layout).await;
                 Err(error)
             }
@@ -83,9 +74,7 @@ impl Runtime {
 
     fn check_pod_config(&self, config: &PodSandboxConfig, handler: &str) -> Result<()> {
         let Some(meta) = &config.metadata else {
-            return Err(RuntimeError::InvalidArgument(
-                "config.metadata is required".into(),
-            ));
+            return Err(RuntimeError::invalid("config.metadata", "is required"));
         };
         for (field, value) in [
             ("name", &meta.name),
@@ -93,41 +82,47 @@ impl Runtime {
             ("uid", &meta.uid),
         ] {
             if value.is_empty() {
-                return Err(RuntimeError::InvalidArgument(format!(
-                    "config.metadata.{field} is empty"
-                )));
+                return Err(RuntimeError::invalid(
+                    format!("config.metadata.{field}"),
+                    "is empty",
+                ));
             }
         }
         if !self.config.accepts_runtime_handler(handler) {
-            return Err(RuntimeError::InvalidArgument(format!(
-                "runtime_handler {handler:?} is not configured (configured: {:?})",
-                self.config.runtime_handlers
-            )));
+            return Err(RuntimeError::invalid(
+                format!("runtime_handler {handler:?}"),
+                format!(
+                    "is not configured (configured: {:?})",
+                    self.config.runtime_handlers
+                ),
+            ));
         }
         if !config.log_directory.is_empty() && !config.log_directory.starts_with('/') {
-            return Err(RuntimeError::InvalidArgument(format!(
-                "config.log_directory {:?} is not an absolute path",
-                config.log_directory
-            )));
+            return Err(RuntimeError::invalid(
+                format!("config.log_directory {:?}", config.log_directory),
+                "is not an absolute path",
+            ));
         }
         Ok(())
     }
 
-    /// Starts the VMM, waits for the agent and gives it the pod's files
-    /// and network.
+    /// Starts the VM, waits for the agent and gives it the pod's files and
+    /// network.
     async fn boot(self: &Arc<Self>, pod: &Arc<Pod>, layout: &VmLayout) -> Result<()> {
         let config = pod.record().config;
         let (vcpus, memory_mib) = self.vm_size(&config);
         let spec = VmSpec {
-            vmm: self.config.vm.vmm.clone(),
             kernel: self.config.vm.kernel.clone(),
             initramfs: self.config.vm.initramfs.clone(),
             vcpus,
             memory_mib,
             cid: GUEST_CID,
         };
-        let vm = VmProcess::spawn(&spec, layout)
-            .map_err(|e| RuntimeError::Internal(format!("cannot start the pod's VM: {e}")))?;
+        let vm = Arc::new(
+            self.vms
+                .start(&spec, layout)
+                .map_err(RuntimeError::VmStart)?,
+        );
         let vm_record = VmRecord {
             pid: vm.pid,
             start_time: vm.start_time,
@@ -135,60 +130,66 @@ impl Runtime {
             memory_mib,
             cid: GUEST_CID,
             run_dir: layout.root().to_owned(),
+            ended: None,
         };
-        let handle = watch_vm(self, pod, vm);
-        *pod.vm.lock().unwrap() = Some(handle);
+        *pod.vm.lock().unwrap() = Some(vm.clone());
+        monitor::watch_vm(self, pod, &vm);
         self.save_pod(pod, |r| r.vm = Some(vm_record))?;
 
-        let deadline = Duration::from_secs(self.config.vm.boot_timeout_secs);
-        let connect =
-            AgentClient::connect_hybrid_vsock(layout.vsock_socket(), AGENT_VSOCK_PORT, deadline);
-        let gone = async {
-            let gone = pod.vm.lock().unwrap().as_ref().map(|vm| vm.gone_receiver());
-            if let Some(mut gone) = gone {
-                let _ = gone.wait_for(|g| *g).await;
-            }
-        };
-        let client = tokio::select! {
-            client = connect => client.map_err(|e| RuntimeError::Unavailable(format!(
-                "the pod's VM did not answer within {deadline:?}: {e}; {}", vm_logs(layout)
-            )))?,
-            _ = gone => return Err(RuntimeError::Internal(format!(
-                "the pod's VM exited while booting; {}", vm_logs(layout)
-            ))),
-        };
-        let agent = PodAgent::new(&client);
+        let deadline = std::time::Duration::from_secs(self.config.vm.boot_timeout_secs);
+        let agent = self.connect_agent(&vm, layout, deadline).await?;
         let files = agent
-            .call("set up the sandbox", SHORT_CALL, |mut c| {
-                let request = sandbox_request(&config);
-                async move { c.setup_sandbox(request).await }
-            })
-            .await?;
+            .setup_sandbox(spec::sandbox_config(&config))
+            .await
+            .doing("set up the sandbox")?;
         agent
-            .call("set up the network", SHORT_CALL, |mut c| async move {
-                c.setup_network(SetupNetworkRequest {
-                    interfaces: vec![Interface {
-                        name: "lo".into(),
-                        mtu: 0,
-                        addresses: vec!["127.0.0.1/8".into()],
-                        up: true,
-                    }],
-                    routes: vec![],
-                })
-                .await
-            })
-            .await?;
-        let non_empty = |s: String| (!s.is_empty()).then_some(s);
+            .setup_network(loopback_only())
+            .await
+            .doing("set up the network")?;
         self.save_pod(pod, |r| {
             r.sandbox_files = SandboxFiles {
-                hosts: non_empty(files.hosts_path),
-                resolv_conf: non_empty(files.resolv_conf_path),
-                hostname: non_empty(files.hostname_path),
+                hosts: files.hosts,
+                resolv_conf: files.resolv_conf,
+                hostname: files.hostname,
             }
         })?;
         *pod.agent.lock().unwrap() = Some(agent.clone());
-        follow_events(self, pod, agent);
+        monitor::follow_events(self, pod, agent);
         Ok(())
+    }
+
+    /// The VM's agent, or why there is none: the VMM ended first (how, and
+    /// what it and the guest said), or the agent did not answer in time.
+    async fn connect_agent(
+        &self,
+        vm: &VmHandle,
+        layout: &VmLayout,
+        deadline: std::time::Duration,
+    ) -> Result<AgentClient> {
+        let connect = AgentClient::connect(vm.agent_addr().clone(), deadline);
+        let mut exit = vm.exit_receiver();
+        let ended = exit.wait_for(Option::is_some);
+        tokio::select! {
+            client = connect => match client {
+                Ok(client) => Ok(client.with_call_timeout(AGENT_CALL)),
+                Err(source) => {
+                    // Lost a race with the VMM's end: say so rather than
+                    // blame the agent.
+                    if let Some(exit) = vm.exit() {
+                        return Err(RuntimeError::VmBoot { exit, logs: vm_logs(layout) });
+                    }
+                    Err(RuntimeError::VmUnresponsive {
+                        deadline,
+                        logs: vm_logs(layout),
+                        source: Box::new(source),
+                    })
+                }
+            },
+            ended = ended => {
+                let exit = ended.ok().and_then(|e| *e).unwrap_or(crate::vm::VmExit::Unobserved);
+                Err(RuntimeError::VmBoot { exit, logs: vm_logs(layout) })
+            }
+        }
     }
 
     /// vCPUs and MiB for the pod: its limits (kubelet passes the pod's
@@ -213,7 +214,7 @@ impl Runtime {
     pub async fn stop_pod(self: &Arc<Self>, id: &str) -> Result<()> {
         let pod = match self.pod(id) {
             Ok(pod) => pod,
-            Err(RuntimeError::NotFound(_)) => return Ok(()),
+            Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => return Err(e),
         };
         let _op = pod.op.lock().await;
@@ -225,46 +226,38 @@ impl Runtime {
             self.kill_containers(pod, &agent).await;
             // A clean power-off first; the VMM exits when the guest resets.
             let _ = agent
-                .call("shut down", SHUTDOWN_WAIT, |mut c| async move {
-                    c.shutdown(ShutdownRequest {}).await
-                })
+                .clone()
+                .with_call_timeout(GUEST_SHUTDOWN)
+                .shutdown()
                 .await;
         }
-        let handle = pod.vm.lock().unwrap().take();
-        if let Some(vm) = handle {
-            if !vm.wait_gone(SHUTDOWN_WAIT).await {
-                vm.kill().await;
-            }
-        }
-        self.on_vm_exit(pod);
+        let vm = pod.vm.lock().unwrap().take();
+        let exit = match vm {
+            Some(vm) => match vm.wait(GUEST_SHUTDOWN).await {
+                Some(exit) => Some(exit),
+                None => vm.kill().await,
+            },
+            None => None,
+        };
+        self.on_vm_exit(pod, exit);
         // Again, to answer with the error if the record cannot be saved.
         self.mark_pod_stopped(pod)?;
         let layout = self.layout(pod);
-        unmount_under(layout.root()).map_err(|e| {
-            RuntimeError::Internal(format!("cannot clean up the pod's mounts: {e}"))
+        unmount_under(layout.root()).map_err(|source| RuntimeError::Mount {
+            action: "clean up the pod's mounts",
+            source,
         })?;
         Ok(())
     }
 
     /// SIGKILLs the pod's running containers and records their exits.
-    async fn kill_containers(&self, pod: &Pod, agent: &PodAgent) {
+    async fn kill_containers(&self, pod: &Pod, agent: &AgentClient) {
         for container in self.pod_containers(&pod.id) {
-            if container.record().state != ContainerState::Running {
+            if container.record().state != crate::state::ContainerState::Running {
                 continue;
             }
-            let id = container.id.clone();
-            let _ = agent
-                .call("kill container", SHORT_CALL, |mut c| async move {
-                    c.signal_process(SignalProcessRequest {
-                        container_id: id,
-                        exec_id: String::new(),
-                        signal: libc::SIGKILL as u32,
-                        all: true,
-                    })
-                    .await
-                })
-                .await;
-            self.wait_container_exit(&container, agent, SHUTDOWN_WAIT)
+            let _ = self.signal(agent, &container.id, libc::SIGKILL, true).await;
+            self.wait_container_exit(&container, agent, GUEST_SHUTDOWN)
                 .await;
         }
     }
@@ -274,7 +267,7 @@ impl Runtime {
     pub async fn remove_pod(self: &Arc<Self>, id: &str) -> Result<()> {
         let pod = match self.pod(id) {
             Ok(pod) => pod,
-            Err(RuntimeError::NotFound(_)) => return Ok(()),
+            Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => return Err(e),
         };
         let _op = pod.op.lock().await;
@@ -294,8 +287,8 @@ impl Runtime {
 
     /// Kills the VM, removes mounts, the pod's folder and its record.
     async fn destroy_pod(&self, pod: &Pod, layout: &VmLayout) {
-        let handle = pod.vm.lock().unwrap().take();
-        if let Some(vm) = handle {
+        let vm = pod.vm.lock().unwrap().take();
+        if let Some(vm) = vm {
             vm.kill().await;
         }
         if let Err(error) = unmount_under(layout.root()) {
@@ -319,6 +312,19 @@ impl Runtime {
     }
 }
 
+/// Pods get loopback only until pod networking lands.
+fn loopback_only() -> NetworkConfig {
+    NetworkConfig {
+        interfaces: vec![Interface {
+            name: "lo".into(),
+            mtu: 0,
+            addresses: vec!["127.0.0.1/8".into()],
+            up: true,
+        }],
+        routes: vec![],
+    }
+}
+
 fn same_pod_name(a: &PodRecord, b: &PodRecord) -> bool {
     a.config.metadata == b.config.metadata
 }
@@ -327,62 +333,4 @@ pub fn pod_name(config: &PodSandboxConfig) -> String {
     config.metadata.as_ref().map_or_else(String::new, |m| {
         format!("{}_{}_{}_{}", m.name, m.namespace, m.uid, m.attempt)
     })
-}
-
-/// The pod's hostname, hosts file, resolv.conf and sysctls for the agent.
-fn sandbox_request(config: &PodSandboxConfig) -> SetupSandboxRequest {
-    let hostname = if config.hostname.is_empty() {
-        config
-            .metadata
-            .as_ref()
-            .map(|m| m.name.chars().take(63).collect())
-            .unwrap_or_default()
-    } else {
-        config.hostname.clone()
-    };
-    let hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-    );
-    let resolv_conf = config
-        .dns_config
-        .as_ref()
-        .map(|dns| {
-            let mut text = String::new();
-            if !dns.searches.is_empty() {
-                text.push_str(&format!("search {}\n", dns.searches.join(" ")));
-            }
-            for server in &dns.servers {
-                text.push_str(&format!("nameserver {server}\n"));
-            }
-            if !dns.options.is_empty() {
-                text.push_str(&format!("options {}\n", dns.options.join(" ")));
-            }
-            text
-        })
-        .unwrap_or_default();
-    let sysctls: HashMap<String, String> = config
-        .linux
-        .as_ref()
-        .map(|l| l.sysctls.clone().into_iter().collect())
-        .unwrap_or_default();
-    SetupSandboxRequest {
-        hostname,
-        hosts,
-        resolv_conf,
-        sysctls,
-    }
-}
-
-/// The last lines of the VMM's log and the guest console, for errors.
-fn vm_logs(layout: &VmLayout) -> String {
-    let tail = |path: std::path::PathBuf| {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(10)..].join("\n")
-    };
-    format!(
-        "husk-vmm said:\n{}\nguest console:\n{}",
-        tail(layout.vmm_log()),
-        tail(layout.console_log())
-    )
 }

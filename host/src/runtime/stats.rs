@@ -2,14 +2,12 @@
 
 use std::sync::Arc;
 
-use husk_proto::agent::v1::{ContainerStatsRequest, GuestMetricsRequest};
 use k8s_cri::v1::{
     ContainerAttributes, ContainerStats, CpuUsage, LinuxPodSandboxStats, MemoryUsage,
     PodSandboxAttributes, PodSandboxStats, UInt64Value,
 };
 
-use super::agent::SHORT_CALL;
-use super::error::Result;
+use super::error::{AgentResultExt, Result};
 use super::{now_ns, Container, Runtime};
 use crate::state::ContainerState;
 
@@ -27,16 +25,13 @@ impl Runtime {
         let Ok((_, agent)) = self.running_pod(container) else {
             return Ok(None);
         };
-        let cid = container.id.clone();
-        let response = agent
-            .call("container stats", SHORT_CALL, |mut c| async move {
-                c.container_stats(ContainerStatsRequest { container_id: cid })
-                    .await
-            })
-            .await?;
-        let stats = response.stats.unwrap_or_default();
-        let timestamp = if response.timestamp_ns > 0 {
-            response.timestamp_ns
+        let sample = agent
+            .container_stats(&container.id)
+            .await
+            .doing("read the container's stats")?;
+        let stats = sample.stats;
+        let timestamp = if sample.timestamp_ns > 0 {
+            sample.timestamp_ns
         } else {
             now_ns()
         };
@@ -91,10 +86,9 @@ impl Runtime {
             return Ok(None);
         };
         let metrics = agent
-            .call("guest metrics", SHORT_CALL, |mut c| async move {
-                c.guest_metrics(GuestMetricsRequest {}).await
-            })
-            .await?;
+            .guest_metrics()
+            .await
+            .doing("read the guest's metrics")?;
         let timestamp = now_ns();
         let mut containers = Vec::new();
         for container in self.pod_containers(&pod.id) {

@@ -142,3 +142,21 @@ pub fn container_event(runtime: &Runtime, event: &LifecycleEvent) -> ContainerEv
         containers_statuses,
     }
 }
+
+/// The pod's VM for PodSandboxStatus's `info`: what it is, and how it
+/// ended once it has.
+pub fn vm_info(vm: &crate::state::VmRecord) -> serde_json::Value {
+    let mut info = serde_json::json!({
+        "pid": vm.pid,
+        "vcpus": vm.vcpus,
+        "memoryMiB": vm.memory_mib,
+    });
+    if let Some(end) = &vm.ended {
+        info["ended"] = serde_json::json!({
+            "how": end.how,
+            "at": end.at_ns,
+            "vmmLog": end.vmm_log,
+        });
+    }
+    info
+}

@@ -7,7 +7,7 @@ use k8s_cri::v1::image_service_server::ImageService as CriImageService;
 use tonic::{Request, Response, Status};
 
 use crate::image::{Image, RegistryAuth};
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::Runtime;
 
 pub struct ImageService {
     runtime: Arc<Runtime>,
@@ -22,7 +22,7 @@ impl ImageService {
 type Reply<T> = Result<Response<T>, Status>;
 
 fn status(error: crate::image::ImageError) -> Status {
-    RuntimeError::from(error).into()
+    error.into()
 }
 
 /// The image's user as the CRI wants it: a numeric uid, or a name.

@@ -1,10 +1,11 @@
 //! The CRI gRPC server (runtime.v1) on a unix socket: translation between
 //! CRI messages and the [`Runtime`]/[`ImageStore`] calls, nothing more.
 
-mod convert;
+pub(crate) mod convert;
 mod filters;
 mod image_service;
 mod runtime_service;
+pub mod status;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,8 +20,7 @@ use crate::runtime::Runtime;
 pub use image_service::ImageService;
 pub use runtime_service::RuntimeService;
 
-/// How long open calls may finish after a stop signal.
-pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+use crate::deadlines::SERVER_SHUTDOWN_GRACE as SHUTDOWN_GRACE;
 
 /// kubelet's own limit for CRI messages.
 pub const MAX_MESSAGE_BYTES: usize = 16 << 20;

@@ -100,13 +100,7 @@ impl CriRuntimeService for RuntimeService {
         let record = pod.record();
         let mut info = std::collections::HashMap::new();
         if let Some(vm) = &record.vm {
-            info.insert(
-                "vm".to_string(),
-                format!(
-                    "{{\"pid\":{},\"vcpus\":{},\"memoryMiB\":{}}}",
-                    vm.pid, vm.vcpus, vm.memory_mib
-                ),
-            );
+            info.insert("vm".to_string(), convert::vm_info(vm).to_string());
         }
         ok(cri::PodSandboxStatusResponse {
             status: Some(convert::pod_sandbox_status(&record)),

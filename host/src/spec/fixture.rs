@@ -8,7 +8,9 @@ use k8s_cri::v1::{
 };
 use oci_spec::runtime::Spec;
 
-use super::{build, ImageDefaults, SandboxFiles, SpecError, SpecInput};
+use super::{build, SpecError, SpecInput};
+use crate::image::ImageConfig;
+use crate::state::SandboxFiles;
 
 pub(super) const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\n\
     daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\n\
@@ -24,7 +26,7 @@ pub(super) const GROUP: &str = "root:x:0:\n\
 pub(super) struct Fixture {
     pub pod: PodSandboxConfig,
     pub container: ContainerConfig,
-    pub image: ImageDefaults,
+    pub image: ImageConfig,
     pub files: SandboxFiles,
     pub sources: Vec<String>,
     pub passwd: Option<String>,
@@ -65,7 +67,7 @@ impl Fixture {
         Self {
             pod,
             container,
-            image: ImageDefaults {
+            image: ImageConfig {
                 env: vec!["PATH=/bin:/usr/bin".into(), "LANG=C.UTF-8".into()],
                 cmd: vec!["sh".into()],
                 ..Default::default()

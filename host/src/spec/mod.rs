@@ -1,5 +1,7 @@
-//! CRI `ContainerConfig` → the OCI runtime spec husk-agent's engine runs
-//! inside the pod's VM.
+//! CRI → what husk-agent runs inside the pod's VM: a `ContainerConfig`
+//! becomes an OCI runtime spec ([`build`]), a `PodSandboxConfig` the
+//! agent's sandbox set-up ([`sandbox_config`]), an exec'd command a
+//! process derived from the container's ([`exec_process`]).
 //!
 //! The translation follows containerd's where the CRI leaves room, and
 //! differs where a VM per pod changes the picture: no network, IPC or UTS
@@ -14,12 +16,14 @@
 mod annotations;
 mod caps;
 mod error;
+mod exec;
 mod mounts;
 mod namespaces;
 mod passwd;
 mod paths;
 mod process;
 mod resources;
+mod sandbox;
 mod seccomp;
 mod user;
 
@@ -32,7 +36,12 @@ use k8s_cri::v1::{ContainerConfig, LinuxContainerSecurityContext, PodSandboxConf
 use oci_spec::runtime::{Linux, PosixRlimitBuilder, PosixRlimitType, Process, Root, Spec, User};
 
 pub use error::SpecError;
+pub use exec::exec_process;
 pub use resources::{linux_resources, resources_json};
+pub use sandbox::sandbox_config;
+
+use crate::image::ImageConfig;
+use crate::state::SandboxFiles;
 
 /// The OCI version the spec claims.
 const OCI_VERSION: &str = "1.0.2";
@@ -45,7 +54,7 @@ pub struct SpecInput<'a> {
     pub pod: &'a PodSandboxConfig,
     pub container: &'a ContainerConfig,
     /// The image's run defaults.
-    pub image: &'a ImageDefaults,
+    pub image: &'a ImageConfig,
     /// Guest paths of the pod's own files (SetupSandbox wrote them).
     pub sandbox_files: &'a SandboxFiles,
     /// The guest path of each `container.mounts` entry, same index: where
@@ -56,29 +65,6 @@ pub struct SpecInput<'a> {
     /// The image's `/etc/group`, if it has one (group names, a user's
     /// supplementary groups).
     pub image_group: Option<&'a str>,
-}
-
-/// The run defaults from the image's config (the daemon fills this from
-/// the image store).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ImageDefaults {
-    /// `USER`: `user`, `uid`, `user:group`, `uid:gid` (or mixed).
-    pub user: Option<String>,
-    /// `ENV`, `NAME=VALUE` entries.
-    pub env: Vec<String>,
-    pub entrypoint: Vec<String>,
-    pub cmd: Vec<String>,
-    /// `WORKDIR`, absolute.
-    pub working_dir: Option<String>,
-}
-
-/// Guest paths of the pod-wide files every container binds; `None` (or
-/// empty) leaves the image's own file.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SandboxFiles {
-    pub hosts: Option<String>,
-    pub resolv_conf: Option<String>,
-    pub hostname: Option<String>,
 }
 
 /// Translates one container. Purely a function of its input except for a

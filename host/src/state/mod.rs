@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use records::{
-    ContainerRecord, ContainerState, ExitInfo, PodRecord, PodState, SandboxFiles, VmRecord,
+    ContainerRecord, ContainerState, ExitInfo, PodRecord, PodState, SandboxFiles, VmEnd, VmRecord,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -24,11 +24,18 @@ pub enum MountError {
     MountInfo(std::io::Error),
 }
 
-/// Bind-mounts `source` at `target` read-only (creating the mount point as
-/// a file or folder to match). Does nothing if `target` is already a mount
-/// point (layers are shared by the pod's containers). `writable` leaves the
-/// mount read-write (a CRI mount without `readonly`).
-pub fn bind_read_only(source: &Path, target: &Path, writable: bool) -> Result<(), MountError> {
+/// Whether the guest may write through a bind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadOnly,
+    /// A CRI mount without `readonly`.
+    ReadWrite,
+}
+
+/// Bind-mounts `source` at `target` with `access` (creating the mount point
+/// as a file or folder to match). Does nothing if `target` is already a
+/// mount point (layers are shared by the pod's containers).
+pub fn bind(source: &Path, target: &Path, access: Access) -> Result<(), MountError> {
     if is_mount_point(target)? {
         return Ok(());
     }
@@ -58,7 +65,7 @@ pub fn bind_read_only(source: &Path, target: &Path, writable: bool) -> Result<()
     )
     .map_err(bind_err)?;
     // The read-only flag only takes effect on a remount of the bind.
-    if !writable {
+    if access == Access::ReadOnly {
         mount(
             None::<&str>,
             target,
@@ -149,8 +156,8 @@ mod tests {
         std::fs::write(source.join("f"), b"x").unwrap();
         let shared = dir.path().join("shared");
         let target = shared.join("layers/k");
-        bind_read_only(&source, &target, false).unwrap();
-        bind_read_only(&source, &target, false).unwrap();
+        bind(&source, &target, Access::ReadOnly).unwrap();
+        bind(&source, &target, Access::ReadOnly).unwrap();
         assert_eq!(std::fs::read(target.join("f")).unwrap(), b"x");
         let err = std::fs::write(target.join("g"), b"y").unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EROFS));

@@ -178,34 +178,14 @@ pub fn proc_status_field(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-/// Pids of husk-vmm processes whose command line mentions `needle`. Only
-/// processes named husk-vmm have their command line read: that read takes
-/// the process's memory-map lock, which a process stuck in the kernel may
-/// hold forever.
+/// Pids of husk-vmm processes whose command line mentions `needle`, from
+/// the daemon's own scan of /proc (the one recovery finds strays with).
 pub fn vmm_processes_mentioning(needle: &str) -> Vec<u32> {
-    let mut pids = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for entry in entries.flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-        if comm.trim_end() != VMM_NAME {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        if String::from_utf8_lossy(&cmdline)
-            .replace('\0', " ")
-            .contains(needle)
-        {
-            pids.push(pid);
-        }
-    }
-    pids
+    husk::vm::procscan::vmm_processes(VMM_NAME)
+        .into_iter()
+        .filter(|vmm| vmm.mentions(needle))
+        .map(|vmm| vmm.pid as u32)
+        .collect()
 }
 
 /// The VMM's process name.

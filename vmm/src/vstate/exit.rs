@@ -11,7 +11,8 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 pub enum ExitReason {
     /// The guest reset or powered off: a clean stop, exit status 0.
     GuestStopped(&'static str),
-    /// Something broke (KVM error, vCPU failure): exit status 1.
+    /// Something broke while running (KVM error, vCPU failure): exit
+    /// status 2 (1 is for a VM that could not be set up).
     Error(String),
 }
 

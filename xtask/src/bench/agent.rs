@@ -2,21 +2,18 @@
 //! this host against Debian's runc on the same busybox bundle.
 
 use std::fs::{self, File};
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
-use husk_agent_client::AgentClient;
-use husk_proto::agent::v1::{
-    CreateContainerRequest, DeleteContainerRequest, ExecProcessRequest, ExitStatus,
-    SetupSandboxRequest, StartContainerRequest, WaitProcessRequest,
-};
+use husk_agent_client::{AgentClient, Exit, ProcessRef, SandboxConfig};
 use husk_tests::{busybox, debian, stats};
+use oci_spec::runtime::Process;
 use tokio::runtime::Runtime;
 
 use super::runc::Runc;
+use super::workload::SLEEPER;
 use crate::static_bin::{self, Profile};
 
 /// The image layer every benchmarked container runs, a folder under the
@@ -26,9 +23,6 @@ const LAYER: &str = "busybox";
 /// Bound on the agent's startup (until its socket accepts) and on each call,
 /// so a wedged agent fails the benchmark instead of hanging it.
 const AGENT_DEADLINE: Duration = Duration::from_secs(30);
-
-/// The container the exec figures run in.
-pub(super) const SLEEPER: &str = "sleeper";
 
 /// Runs the busybox container `runs` times under husk-agent (an ordinary
 /// root process on this host, talking gRPC over a unix socket) and runc
@@ -182,39 +176,28 @@ fn mounts_under(mountinfo: &str, dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Fails unless a WaitProcess status says the process exited with code 0.
-fn ensure_success(what: &str, status: Option<ExitStatus>) -> anyhow::Result<()> {
-    let status = status.with_context(|| format!("{what}: WaitProcess returned no status"))?;
+/// Fails unless the process exited with code 0.
+fn ensure_success(what: &str, exit: &Exit) -> anyhow::Result<()> {
     ensure!(
-        status.exit_code == 0 && status.signal == 0,
-        "{what} did not succeed: exit_code={} signal={} reason={}",
-        status.exit_code,
-        status.signal,
-        status.reason
+        exit.code == 0 && exit.signal == 0,
+        "{what} did not succeed: exit_code={} signal={} reason={:?}",
+        exit.code,
+        exit.signal,
+        exit.reason
     );
     Ok(())
 }
 
-/// `call`, failing after [`AGENT_DEADLINE`].
-async fn bounded<R, E>(call: &str, fut: impl Future<Output = Result<R, E>>) -> anyhow::Result<R>
-where
-    E: std::error::Error + Send + Sync + 'static,
-{
-    tokio::time::timeout(AGENT_DEADLINE, fut)
-        .await
-        .with_context(|| format!("{call} took more than {AGENT_DEADLINE:?}"))?
-        .with_context(|| format!("{call} failed"))
-}
-
 /// husk-agent running as a root process on this host, and a connection to
-/// it. The agent is killed when this is dropped.
+/// it whose every call is bounded by [`AGENT_DEADLINE`]. The agent is
+/// killed when this is dropped.
 struct Agent<'rt> {
     client: AgentClient,
     runtime: &'rt Runtime,
     /// `default_spec(["/bin/true"])`, serialised once outside the timing.
     true_spec: Vec<u8>,
-    /// Its process object, what ExecProcess takes.
-    true_process: Vec<u8>,
+    /// Its process object, what an exec runs.
+    true_process: Process,
     _process: AgentProcess,
 }
 
@@ -230,20 +213,25 @@ impl<'rt> Agent<'rt> {
         let socket = scratch.join("agent.sock");
         let mut process = AgentProcess::spawn(bin, &socket, scratch, layers)?;
         process.wait_for_socket(&socket)?;
-        let client = runtime.block_on(AgentClient::connect_unix(&socket, AGENT_DEADLINE))?;
+        let client = runtime
+            .block_on(AgentClient::connect_unix(&socket, AGENT_DEADLINE))?
+            .with_call_timeout(AGENT_DEADLINE);
+        let true_process = serde_json::from_value(busybox::default_process(&["/bin/true"]))
+            .context("the benchmark's OCI process")?;
         let agent = Self {
             client,
             runtime,
             true_spec: serde_json::to_vec(&busybox::default_spec(&["/bin/true"]))?,
-            true_process: serde_json::to_vec(&busybox::default_process(&["/bin/true"]))?,
+            true_process,
             _process: process,
         };
-        let mut raw = agent.client.raw();
-        let sandbox = SetupSandboxRequest {
+        let sandbox = SandboxConfig {
             hostname: "husk".into(),
             ..Default::default()
         };
-        runtime.block_on(bounded("SetupSandbox", raw.setup_sandbox(sandbox)))?;
+        runtime
+            .block_on(agent.client.setup_sandbox(sandbox))
+            .context("SetupSandbox")?;
         Ok(agent)
     }
 
@@ -258,50 +246,36 @@ impl<'rt> Agent<'rt> {
     }
 
     async fn run_to_completion(&self, id: &str) -> anyhow::Result<()> {
-        let mut raw = self.client.raw();
-        let create = CreateContainerRequest {
-            container_id: id.into(),
-            oci_spec_json: self.true_spec.clone(),
-            layers: vec![LAYER.into()],
-            ..Default::default()
-        };
-        bounded("CreateContainer", raw.create_container(create)).await?;
-        let start = StartContainerRequest {
-            container_id: id.into(),
-        };
-        bounded("StartContainer", raw.start_container(start)).await?;
-        let wait = WaitProcessRequest {
-            container_id: id.into(),
-            exec_id: String::new(),
-        };
-        let exit = bounded("WaitProcess", raw.wait_process(wait)).await?;
-        ensure_success("/bin/true", exit.into_inner().status)?;
-        let delete = DeleteContainerRequest {
-            container_id: id.into(),
-            force: false,
-        };
-        bounded("DeleteContainer", raw.delete_container(delete)).await?;
+        self.create_and_start(id, self.true_spec.clone()).await?;
+        let exit = self
+            .client
+            .wait(&ProcessRef::init(id), AGENT_DEADLINE)
+            .await
+            .context("WaitProcess")?;
+        ensure_success("/bin/true", &exit)?;
+        self.client
+            .delete_container(id, false)
+            .await
+            .context("DeleteContainer")?;
+        Ok(())
+    }
+
+    async fn create_and_start(&self, id: &str, spec: Vec<u8>) -> anyhow::Result<()> {
+        self.client
+            .create_container_from_json(id, spec, &[LAYER.into()], false)
+            .await
+            .context("CreateContainer")?;
+        self.client
+            .start_container(id)
+            .await
+            .context("StartContainer")?;
         Ok(())
     }
 
     /// Creates and starts [`SLEEPER`], a container running `sleep 3600`.
     fn start_sleeper(&self) -> anyhow::Result<()> {
         let spec = serde_json::to_vec(&busybox::default_spec(&["/bin/sleep", "3600"]))?;
-        let mut raw = self.client.raw();
-        let started = self.runtime.block_on(async {
-            let create = CreateContainerRequest {
-                container_id: SLEEPER.into(),
-                oci_spec_json: spec,
-                layers: vec![LAYER.into()],
-                ..Default::default()
-            };
-            bounded("CreateContainer", raw.create_container(create)).await?;
-            let start = StartContainerRequest {
-                container_id: SLEEPER.into(),
-            };
-            bounded("StartContainer", raw.start_container(start)).await?;
-            anyhow::Ok(())
-        });
+        let started = self.runtime.block_on(self.create_and_start(SLEEPER, spec));
         if started.is_err() {
             let _ = self.delete(SLEEPER);
         }
@@ -310,35 +284,28 @@ impl<'rt> Agent<'rt> {
 
     /// Runs `/bin/true` in [`SLEEPER`] as exec `exec_id` and waits for it.
     fn exec(&self, exec_id: &str) -> anyhow::Result<()> {
-        let mut raw = self.client.raw();
-        let exec = ExecProcessRequest {
-            container_id: SLEEPER.into(),
-            exec_id: exec_id.into(),
-            process_json: self.true_process.clone(),
-            ..Default::default()
-        };
-        let wait = WaitProcessRequest {
-            container_id: SLEEPER.into(),
-            exec_id: exec_id.into(),
-        };
+        let target = ProcessRef::exec(SLEEPER, exec_id);
         self.runtime
             .block_on(async {
-                bounded("ExecProcess", raw.exec_process(exec)).await?;
-                let exit = bounded("WaitProcess", raw.wait_process(wait)).await?;
-                ensure_success("/bin/true", exit.into_inner().status)
+                self.client
+                    .exec(&target, &self.true_process, false)
+                    .await
+                    .context("ExecProcess")?;
+                let exit = self
+                    .client
+                    .wait(&target, AGENT_DEADLINE)
+                    .await
+                    .context("WaitProcess")?;
+                ensure_success("/bin/true", &exit)
             })
             .with_context(|| format!("exec {exec_id}"))
     }
 
     /// Force-deletes container `id`, running or not.
     fn delete(&self, id: &str) -> anyhow::Result<()> {
-        let mut raw = self.client.raw();
-        let delete = DeleteContainerRequest {
-            container_id: id.into(),
-            force: true,
-        };
         self.runtime
-            .block_on(bounded("DeleteContainer", raw.delete_container(delete)))?;
+            .block_on(self.client.delete_container(id, true))
+            .context("DeleteContainer")?;
         Ok(())
     }
 }
@@ -412,12 +379,6 @@ impl Drop for AgentProcess {
     }
 }
 
-/// The last `n` lines of `text`: a log's end says why the last step failed.
-pub(super) fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -478,17 +439,15 @@ mod tests {
 
     #[test]
     fn exit_statuses_other_than_a_clean_zero_fail() {
-        let exited = |exit_code, signal| {
-            Some(ExitStatus {
-                exit_code,
-                signal,
-                ..Default::default()
-            })
+        let exited = |code, signal| Exit {
+            code,
+            signal,
+            reason: husk_agent_client::ExitReason::Unspecified,
+            finished_at_ns: 0,
         };
-        assert!(ensure_success("p", exited(0, 0)).is_ok());
-        assert!(ensure_success("p", exited(1, 0)).is_err());
-        assert!(ensure_success("p", exited(137, 9)).is_err());
-        assert!(ensure_success("p", None).is_err());
+        assert!(ensure_success("p", &exited(0, 0)).is_ok());
+        assert!(ensure_success("p", &exited(1, 0)).is_err());
+        assert!(ensure_success("p", &exited(137, 9)).is_err());
     }
 
     #[test]
@@ -507,13 +466,6 @@ mod tests {
         assert!(err.contains("exited"), "{err}");
         assert!(err.contains("bad flag: --root"), "{err}");
         fs::remove_dir_all(&scratch).unwrap();
-    }
-
-    #[test]
-    fn last_lines_keeps_the_end() {
-        assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc");
-        assert_eq!(last_lines("a\n", 5), "a");
-        assert_eq!(last_lines("", 5), "");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::rig::build_artifacts;
 mod agent;
 mod pods;
 mod runc;
+mod workload;
 
 pub use agent::agent;
 pub use pods::pods;

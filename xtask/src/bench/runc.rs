@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use anyhow::{ensure, Context};
 use husk_tests::busybox;
 
-use super::agent::{last_lines, SLEEPER};
+use super::workload::{last_lines, SLEEPER};
 use crate::cmd;
 
 /// runc with its state, log and bundles in the benchmark's scratch folder,

@@ -4,12 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context};
-use husk_agent_client::AgentClient;
-use husk_proto::agent::v1 as pb;
-use husk_proto::agent::v1::agent_client::AgentClient as RawClient;
+use anyhow::{ensure, Context};
+use husk_agent_client::{
+    AgentClient, CgroupStats, CgroupVersion, Exit, ExitReason, ProcessRef, SandboxConfig,
+};
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 use super::LAYER;
 
@@ -19,13 +18,14 @@ const MIB: u64 = 1024 * 1024;
 
 /// Runs the checks; prints `containers ok ...` when all pass.
 pub async fn check(agent: &AgentClient) -> anyhow::Result<()> {
-    let mut client = agent.raw();
-    bounded(client.setup_sandbox(pb::SetupSandboxRequest {
-        hostname: "probe-pod".into(),
-        ..Default::default()
-    }))
-    .await
-    .context("SetupSandbox")?;
+    let client = agent.clone().with_call_timeout(CALL_TIMEOUT);
+    client
+        .setup_sandbox(SandboxConfig {
+            hostname: "probe-pod".into(),
+            ..Default::default()
+        })
+        .await
+        .context("SetupSandbox")?;
 
     // A container that prints, under cgroup v2 limits.
     let mut hello = spec(&[
@@ -40,9 +40,9 @@ pub async fn check(agent: &AgentClient) -> anyhow::Result<()> {
         "cpu": {"quota": 50000, "period": 100000, "shares": 512}
     });
     let started = Instant::now();
-    let (status, out, stats) = run(&mut client, "hello", &hello).await?;
+    let (status, out, (version, stats)) = run(&client, "hello", &hello).await?;
     let hello_ms = started.elapsed().as_millis();
-    ensure!(status.exit_code == 0, "hello exited with {status:?}: {out}");
+    ensure!(status.code == 0, "hello exited with {status:?}: {out}");
     ensure!(
         out.starts_with("hello from a husk microVM\nhusk\n"),
         "unexpected output from the hello container: {out:?}"
@@ -58,7 +58,8 @@ pub async fn check(agent: &AgentClient) -> anyhow::Result<()> {
         "cgroup v2 files do not hold the spec's limits: {out:?}"
     );
     ensure!(
-        stats.cgroup_version == "v2"
+        version == CgroupVersion::V2
+            && stats.cgroup_version == "v2"
             && stats.memory_limit_bytes == 64 * MIB
             && stats.pids_limit == 32,
         "limits not applied as cgroup v2: {stats:?}"
@@ -73,42 +74,39 @@ pub async fn check(agent: &AgentClient) -> anyhow::Result<()> {
         "count=1",
     ]);
     oom["linux"]["resources"] = json!({"memory": {"limit": 16 * MIB}});
-    let (status, _, _) = run(&mut client, "oom", &oom).await?;
+    let (status, _, _) = run(&client, "oom", &oom).await?;
     ensure!(
-        status.reason == "OOMKilled" && status.signal == 9,
+        status.reason == ExitReason::OomKilled && status.signal == 9,
         "dd over memory.max was not OOM-killed: {status:?}"
     );
 
     // An exec in a running container.
     let sleeper = spec(&["/bin/sleep", "600"]);
-    create_start(&mut client, "sleeper", &sleeper).await?;
+    create_start(&client, "sleeper", &sleeper).await?;
     let exec_started = Instant::now();
     let mut process = sleeper["process"].clone();
     process["args"] = json!(["/bin/sh", "-c", "echo exec in $(hostname) as pid $$"]);
-    bounded(client.exec_process(pb::ExecProcessRequest {
-        container_id: "sleeper".into(),
-        exec_id: "e1".into(),
-        process_json: serde_json::to_vec(&process)?,
-        stdin: false,
-    }))
-    .await
-    .context("ExecProcess")?;
-    let exec_out = output(&mut client, "sleeper", "e1").await?;
-    let exec_status = wait(&mut client, "sleeper", "e1").await?;
+    let process = serde_json::from_value(process).context("the exec's OCI process")?;
+    let exec = ProcessRef::exec("sleeper", "e1");
+    client
+        .exec(&exec, &process, false)
+        .await
+        .context("ExecProcess")?;
+    let exec_out = output(&client, &exec).await?;
+    let exec_status = client
+        .wait(&exec, CALL_TIMEOUT)
+        .await
+        .context("WaitProcess e1")?;
     let exec_ms = exec_started.elapsed().as_millis();
     ensure!(
-        exec_status.exit_code == 0 && exec_out.starts_with("exec in husk as pid "),
+        exec_status.code == 0 && exec_out.starts_with("exec in husk as pid "),
         "exec: {exec_status:?} {exec_out:?}"
     );
-    bounded(client.delete_container(pb::DeleteContainerRequest {
-        container_id: "sleeper".into(),
-        force: true,
-    }))
-    .await
-    .context("DeleteContainer sleeper")?;
-    let left = bounded(client.list_containers(pb::ListContainersRequest {}))
-        .await?
-        .containers;
+    client
+        .delete_container("sleeper", true)
+        .await
+        .context("DeleteContainer sleeper")?;
+    let left = client.list_containers().await.context("ListContainers")?;
     ensure!(left.is_empty(), "containers left: {left:?}");
     // Times include the nested rig's emulation when run there.
     println!(
@@ -116,7 +114,11 @@ pub async fn check(agent: &AgentClient) -> anyhow::Result<()> {
          hello_create_to_delete_ms={hello_ms} exec_round_trip_ms={exec_ms}",
         stats.cgroup_version,
         stats.memory_limit_bytes / MIB,
-        status.reason
+        if status.reason == ExitReason::OomKilled {
+            "OOMKilled"
+        } else {
+            "other"
+        }
     );
     Ok(())
 }
@@ -125,97 +127,57 @@ fn spec(args: &[&str]) -> Value {
     husk_tests::busybox::default_spec(args)
 }
 
-async fn bounded<T>(
-    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> anyhow::Result<T> {
-    match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Ok(Ok(reply)) => Ok(reply.into_inner()),
-        Ok(Err(status)) => bail!("{status:?}"),
-        Err(_) => bail!("no answer within {CALL_TIMEOUT:?}"),
-    }
-}
-
-async fn create_start(
-    client: &mut RawClient<Channel>,
-    id: &str,
-    spec: &Value,
-) -> anyhow::Result<()> {
-    bounded(client.create_container(pb::CreateContainerRequest {
-        container_id: id.into(),
-        oci_spec_json: serde_json::to_vec(spec)?,
-        layers: vec![LAYER.into()],
-        stdin: false,
-    }))
-    .await
-    .with_context(|| format!("CreateContainer {id}"))?;
-    bounded(client.start_container(pb::StartContainerRequest {
-        container_id: id.into(),
-    }))
-    .await
-    .with_context(|| format!("StartContainer {id}"))?;
+async fn create_start(client: &AgentClient, id: &str, spec: &Value) -> anyhow::Result<()> {
+    client
+        .create_container_from_json(id, serde_json::to_vec(spec)?, &[LAYER.into()], false)
+        .await
+        .with_context(|| format!("CreateContainer {id}"))?;
+    client
+        .start_container(id)
+        .await
+        .with_context(|| format!("StartContainer {id}"))?;
     Ok(())
 }
 
 /// Create, start, collect output, wait, read stats, delete.
 async fn run(
-    client: &mut RawClient<Channel>,
+    client: &AgentClient,
     id: &str,
     spec: &Value,
-) -> anyhow::Result<(pb::ExitStatus, String, pb::CgroupStats)> {
+) -> anyhow::Result<(Exit, String, (CgroupVersion, CgroupStats))> {
     create_start(client, id, spec).await?;
-    let out = output(client, id, "").await?;
-    let status = wait(client, id, "").await?;
-    let stats = bounded(client.container_stats(pb::ContainerStatsRequest {
-        container_id: id.into(),
-    }))
-    .await
-    .with_context(|| format!("ContainerStats {id}"))?
-    .stats
-    .unwrap_or_default();
-    bounded(client.delete_container(pb::DeleteContainerRequest {
-        container_id: id.into(),
-        force: false,
-    }))
-    .await
-    .with_context(|| format!("DeleteContainer {id}"))?;
-    Ok((status, out, stats))
+    let init = ProcessRef::init(id);
+    let out = output(client, &init).await?;
+    let status = client
+        .wait(&init, CALL_TIMEOUT)
+        .await
+        .with_context(|| format!("WaitProcess {id}"))?;
+    let sample = client
+        .container_stats(id)
+        .await
+        .with_context(|| format!("ContainerStats {id}"))?;
+    client
+        .delete_container(id, false)
+        .await
+        .with_context(|| format!("DeleteContainer {id}"))?;
+    Ok((status, out, (sample.version, sample.stats)))
 }
 
-async fn output(
-    client: &mut RawClient<Channel>,
-    id: &str,
-    exec_id: &str,
-) -> anyhow::Result<String> {
-    let mut stream = bounded(client.read_output(pb::ReadOutputRequest {
-        container_id: id.into(),
-        exec_id: exec_id.into(),
-    }))
-    .await
-    .with_context(|| format!("ReadOutput {id}"))?;
+/// Everything the process writes, until its output ends.
+async fn output(client: &AgentClient, process: &ProcessRef) -> anyhow::Result<String> {
+    let mut reader = client
+        .read_output(process)
+        .await
+        .with_context(|| format!("ReadOutput {process}"))?;
     let mut out = Vec::new();
     let collect = async {
-        while let Some(chunk) = stream.message().await? {
+        while let Some(chunk) = reader.next().await? {
             out.extend(chunk.data);
         }
         anyhow::Ok(())
     };
     tokio::time::timeout(CALL_TIMEOUT, collect)
         .await
-        .with_context(|| format!("output of {id} did not end"))??;
+        .with_context(|| format!("output of {process} did not end"))??;
     Ok(String::from_utf8_lossy(&out).into_owned())
-}
-
-async fn wait(
-    client: &mut RawClient<Channel>,
-    id: &str,
-    exec_id: &str,
-) -> anyhow::Result<pb::ExitStatus> {
-    bounded(client.wait_process(pb::WaitProcessRequest {
-        container_id: id.into(),
-        exec_id: exec_id.into(),
-    }))
-    .await
-    .with_context(|| format!("WaitProcess {id}"))?
-    .status
-    .context("WaitProcess without a status")
 }
