@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use husk_agent_client::ProcessRef;
-use husk_agent_client::{AgentClient, AgentClientError, Exit, GuestContainer, OutputStream};
+use husk_agent_client::{
+    AgentClient, AgentClientError, Exit, GuestContainer, OutputStream, ProcessRef,
+};
 use husk_proto::agent::v1 as pb;
 use husk_proto::agent::v1::agent_client::AgentClient as WireClient;
 use oci_spec::runtime::Process;

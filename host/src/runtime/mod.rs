@@ -47,6 +47,9 @@ pub struct Pod {
     op: tokio::sync::Mutex<()>,
     agent: Mutex<Option<AgentClient>>,
     vm: Mutex<Option<Arc<VmHandle>>>,
+    /// Set (under `record`'s lock) once the record is deleted: nothing may
+    /// write it again.
+    removed: std::sync::atomic::AtomicBool,
 }
 
 impl Pod {
@@ -55,6 +58,7 @@ impl Pod {
             id: record.id.clone(),
             record: Mutex::new(record),
             op: tokio::sync::Mutex::new(()),
+            removed: std::sync::atomic::AtomicBool::new(false),
             agent: Mutex::new(None),
             vm: Mutex::new(None),
         })
@@ -198,6 +202,9 @@ impl Runtime {
         let mut record = pod.record.lock().unwrap();
         let mut next = record.clone();
         change(&mut next);
+        if pod.removed.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(next);
+        }
         self.store.save_pod(&next)?;
         *record = next.clone();
         Ok(next)

@@ -298,8 +298,15 @@ impl Runtime {
                 tracing::error!(pod = %pod.id, %error, "cannot remove the pod's folder");
             }
         }
-        if let Err(error) = self.store.remove_pod(&pod.id) {
-            tracing::error!(pod = %pod.id, %error, "cannot remove the pod's record");
+        {
+            // Under the record's lock, so a late writer (the VM monitor
+            // recording how the VM ended) cannot bring the record back.
+            let _record = pod.record.lock().unwrap();
+            pod.removed
+                .store(true, std::sync::atomic::Ordering::Release);
+            if let Err(error) = self.store.remove_pod(&pod.id) {
+                tracing::error!(pod = %pod.id, %error, "cannot remove the pod's record");
+            }
         }
         self.tables.lock().unwrap().pods.remove(&pod.id);
     }

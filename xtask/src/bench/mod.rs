@@ -10,11 +10,12 @@ use husk_tests::rig::{self, Options};
 use crate::rig::build_artifacts;
 
 mod agent;
+mod agent_vs_runc;
 mod pods;
 mod runc;
 mod workload;
 
-pub use agent::agent;
+pub use agent_vs_runc::agent;
 pub use pods::pods;
 
 /// The VMMs compared, booted alternately in one rig run so both see the

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use anyhow::{ensure, Context};
 use husk_tests::busybox;
 
-use super::workload::{last_lines, SLEEPER};
+use super::workload::{EXEC_ARGS, SLEEPER, SLEEPER_ARGS, TRUE_ARGS};
 use crate::cmd;
 
 /// runc with its state, log and bundles in the benchmark's scratch folder,
@@ -15,9 +15,9 @@ use crate::cmd;
 pub(super) struct Runc {
     root: PathBuf,
     log: PathBuf,
-    /// Runs `/bin/true`.
+    /// Runs [`TRUE_ARGS`].
     bundle: PathBuf,
-    /// Runs `/bin/sleep 3600`.
+    /// Runs [`SLEEPER_ARGS`].
     sleeper_bundle: PathBuf,
 }
 
@@ -30,12 +30,12 @@ impl Runc {
             bundle: scratch.join("bundle"),
             sleeper_bundle: scratch.join("bundle-sleeper"),
         };
-        write_bundle(&runc.bundle, layer, &["/bin/true"])?;
-        write_bundle(&runc.sleeper_bundle, layer, &["/bin/sleep", "3600"])?;
+        write_bundle(&runc.bundle, layer, TRUE_ARGS)?;
+        write_bundle(&runc.sleeper_bundle, layer, SLEEPER_ARGS)?;
         Ok(runc)
     }
 
-    /// `runc run` of the `/bin/true` bundle: create, start, wait and
+    /// `runc run` of the [`TRUE_ARGS`] bundle: create, start, wait and
     /// delete in one command, like the agent's four calls.
     pub(super) fn create_start(&self, id: &str) -> anyhow::Result<()> {
         let mut run = self.command();
@@ -60,9 +60,9 @@ impl Runc {
         result
     }
 
-    /// `runc exec` of `/bin/true` in [`SLEEPER`]; runc waits for it.
+    /// `runc exec` of [`EXEC_ARGS`] in [`SLEEPER`]; runc waits for it.
     pub(super) fn exec(&self) -> anyhow::Result<()> {
-        self.check(self.command().args(["exec", SLEEPER, "/bin/true"]))
+        self.check(self.command().args(["exec", SLEEPER]).args(EXEC_ARGS))
     }
 
     /// Force-deletes container `id`, running or not.
@@ -107,4 +107,22 @@ fn write_bundle(dir: &Path, layer: &Path, args: &[&str]) -> anyhow::Result<()> {
     let spec = serde_json::to_vec_pretty(&busybox::default_spec(args))?;
     fs::write(dir.join("config.json"), spec)?;
     Ok(())
+}
+
+/// The last `n` lines of `text`: a log's end says why the last step failed.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_lines_keeps_the_end() {
+        assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(last_lines("a\n", 5), "a");
+        assert_eq!(last_lines("", 5), "");
+    }
 }

@@ -1,23 +1,19 @@
-//! What the agent and runc benchmarks share: the long-running container
-//! execs go into, and how a failed step's log is shown.
+//! What `cargo xtask bench agent` runs under both runtimes, so husk-agent
+//! and runc are timed on the same containers: the same busybox layer, the
+//! same commands, the same container ids.
 
-/// The container the exec figures run in.
+/// The image layer's folder name under the agent's shared root (runc's
+/// bundles copy the same folder).
+pub(super) const LAYER: &str = "busybox";
+
+/// What the create/start figures run: it exits at once.
+pub(super) const TRUE_ARGS: &[&str] = &["/bin/true"];
+
+/// The long-running container the exec figures run in.
 pub(super) const SLEEPER: &str = "sleeper";
 
-/// The last `n` lines of `text`: a log's end says why the last step failed.
-pub(super) fn last_lines(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
+/// What [`SLEEPER`] runs, outlasting any benchmark.
+pub(super) const SLEEPER_ARGS: &[&str] = &["/bin/sleep", "3600"];
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn last_lines_keeps_the_end() {
-        assert_eq!(last_lines("a\nb\nc\n", 2), "b\nc");
-        assert_eq!(last_lines("a\n", 5), "a");
-        assert_eq!(last_lines("", 5), "");
-    }
-}
+/// What each exec runs in [`SLEEPER`].
+pub(super) const EXEC_ARGS: &[&str] = &["/bin/true"];

@@ -80,6 +80,10 @@ async fn a_vmm_that_dies_while_booting_says_how() {
     assert!(text.contains("husk-vmm said:"), "{text}");
     assert!(h.rt().pods().is_empty());
     assert_eq!(h.records_on_disk(), (0, 0));
+    // The VM monitor records the end after the pod is gone: it must not
+    // bring the record back.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(h.records_on_disk(), (0, 0));
 }
 
 #[tokio::test]

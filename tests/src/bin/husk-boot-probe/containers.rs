@@ -6,20 +6,22 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use husk_agent_client::{
-    AgentClient, CgroupStats, CgroupVersion, Exit, ExitReason, ProcessRef, SandboxConfig,
+    AgentClient, CgroupSample, CgroupVersion, Exit, ExitReason, ProcessRef, SandboxConfig,
 };
+use oci_spec::runtime::{Process, Spec};
 use serde_json::{json, Value};
 
 use super::LAYER;
 
-/// Bound on each call, generous for nested emulation.
+/// Bound on each call and on each wait for an exit, generous for nested
+/// emulation.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 const MIB: u64 = 1024 * 1024;
 
 /// Runs the checks; prints `containers ok ...` when all pass.
 pub async fn check(agent: &AgentClient) -> anyhow::Result<()> {
-    let client = agent.clone().with_call_timeout(CALL_TIMEOUT);
-    client
+    let agent = agent.clone().with_call_timeout(CALL_TIMEOUT);
+    agent
         .setup_sandbox(SandboxConfig {
             hostname: "probe-pod".into(),
             ..Default::default()
@@ -40,9 +42,9 @@ pub async fn check(agent: &AgentClient) -> anyhow::Result<()> {
         "cpu": {"quota": 50000, "period": 100000, "shares": 512}
     });
     let started = Instant::now();
-    let (status, out, (version, stats)) = run(&client, "hello", &hello).await?;
+    let (exit, out, sample) = run(&agent, "hello", &hello).await?;
     let hello_ms = started.elapsed().as_millis();
-    ensure!(status.code == 0, "hello exited with {status:?}: {out}");
+    ensure!(exit.code == 0, "hello exited with {exit:?}: {out}");
     ensure!(
         out.starts_with("hello from a husk microVM\nhusk\n"),
         "unexpected output from the hello container: {out:?}"
@@ -57,12 +59,14 @@ pub async fn check(agent: &AgentClient) -> anyhow::Result<()> {
         out.contains(&format!("limits 50000 100000 20 {} 32\n", 64 * MIB)),
         "cgroup v2 files do not hold the spec's limits: {out:?}"
     );
+    let stats = &sample.stats;
+    // The enum, and the string API 3 hosts read.
     ensure!(
-        version == CgroupVersion::V2
+        sample.version == CgroupVersion::V2
             && stats.cgroup_version == "v2"
             && stats.memory_limit_bytes == 64 * MIB
             && stats.pids_limit == 32,
-        "limits not applied as cgroup v2: {stats:?}"
+        "limits not applied as cgroup v2: {sample:?}"
     );
 
     // memory.max is enforced by the OOM killer, and reported as such.
@@ -74,39 +78,39 @@ pub async fn check(agent: &AgentClient) -> anyhow::Result<()> {
         "count=1",
     ]);
     oom["linux"]["resources"] = json!({"memory": {"limit": 16 * MIB}});
-    let (status, _, _) = run(&client, "oom", &oom).await?;
+    let (oom_exit, _, _) = run(&agent, "oom", &oom).await?;
     ensure!(
-        status.reason == ExitReason::OomKilled && status.signal == 9,
-        "dd over memory.max was not OOM-killed: {status:?}"
+        oom_exit.reason == ExitReason::OomKilled && oom_exit.signal == 9,
+        "dd over memory.max was not OOM-killed: {oom_exit:?}"
     );
 
     // An exec in a running container.
     let sleeper = spec(&["/bin/sleep", "600"]);
-    create_start(&client, "sleeper", &sleeper).await?;
+    create_start(&agent, "sleeper", &sleeper).await?;
     let exec_started = Instant::now();
     let mut process = sleeper["process"].clone();
     process["args"] = json!(["/bin/sh", "-c", "echo exec in $(hostname) as pid $$"]);
-    let process = serde_json::from_value(process).context("the exec's OCI process")?;
-    let exec = ProcessRef::exec("sleeper", "e1");
-    client
-        .exec(&exec, &process, false)
+    let process: Process = serde_json::from_value(process).context("the exec's process")?;
+    let e1 = ProcessRef::exec("sleeper", "e1");
+    agent
+        .exec(&e1, &process, false)
         .await
         .context("ExecProcess")?;
-    let exec_out = output(&client, &exec).await?;
-    let exec_status = client
-        .wait(&exec, CALL_TIMEOUT)
+    let exec_out = output(&agent, &e1).await?;
+    let exec_exit = agent
+        .wait(&e1, CALL_TIMEOUT)
         .await
         .context("WaitProcess e1")?;
     let exec_ms = exec_started.elapsed().as_millis();
     ensure!(
-        exec_status.code == 0 && exec_out.starts_with("exec in husk as pid "),
-        "exec: {exec_status:?} {exec_out:?}"
+        exec_exit.code == 0 && exec_out.starts_with("exec in husk as pid "),
+        "exec: {exec_exit:?} {exec_out:?}"
     );
-    client
+    agent
         .delete_container("sleeper", true)
         .await
         .context("DeleteContainer sleeper")?;
-    let left = client.list_containers().await.context("ListContainers")?;
+    let left = agent.list_containers().await.context("ListContainers")?;
     ensure!(left.is_empty(), "containers left: {left:?}");
     // Times include the nested rig's emulation when run there.
     println!(
@@ -114,11 +118,7 @@ pub async fn check(agent: &AgentClient) -> anyhow::Result<()> {
          hello_create_to_delete_ms={hello_ms} exec_round_trip_ms={exec_ms}",
         stats.cgroup_version,
         stats.memory_limit_bytes / MIB,
-        if status.reason == ExitReason::OomKilled {
-            "OOMKilled"
-        } else {
-            "other"
-        }
+        cri_reason(oom_exit.reason)
     );
     Ok(())
 }
@@ -127,12 +127,25 @@ fn spec(args: &[&str]) -> Value {
     husk_tests::busybox::default_spec(args)
 }
 
-async fn create_start(client: &AgentClient, id: &str, spec: &Value) -> anyhow::Result<()> {
-    client
-        .create_container_from_json(id, serde_json::to_vec(spec)?, &[LAYER.into()], false)
+/// The CRI's word for an exit reason, as the rig test reads it.
+fn cri_reason(reason: ExitReason) -> &'static str {
+    match reason {
+        ExitReason::Completed => "Completed",
+        ExitReason::Error => "Error",
+        ExitReason::Signaled => "Signaled",
+        ExitReason::OomKilled => "OOMKilled",
+        ExitReason::Unknown | ExitReason::Unspecified => "Unknown",
+    }
+}
+
+async fn create_start(agent: &AgentClient, id: &str, spec: &Value) -> anyhow::Result<()> {
+    let spec: Spec = serde_json::from_value(spec.clone())
+        .with_context(|| format!("the spec of {id} is not a valid OCI spec"))?;
+    agent
+        .create_container(id, &spec, &[LAYER.into()], false)
         .await
         .with_context(|| format!("CreateContainer {id}"))?;
-    client
+    agent
         .start_container(id)
         .await
         .with_context(|| format!("StartContainer {id}"))?;
@@ -141,35 +154,36 @@ async fn create_start(client: &AgentClient, id: &str, spec: &Value) -> anyhow::R
 
 /// Create, start, collect output, wait, read stats, delete.
 async fn run(
-    client: &AgentClient,
+    agent: &AgentClient,
     id: &str,
     spec: &Value,
-) -> anyhow::Result<(Exit, String, (CgroupVersion, CgroupStats))> {
-    create_start(client, id, spec).await?;
+) -> anyhow::Result<(Exit, String, CgroupSample)> {
+    create_start(agent, id, spec).await?;
     let init = ProcessRef::init(id);
-    let out = output(client, &init).await?;
-    let status = client
+    let out = output(agent, &init).await?;
+    let exit = agent
         .wait(&init, CALL_TIMEOUT)
         .await
         .with_context(|| format!("WaitProcess {id}"))?;
-    let sample = client
+    let sample = agent
         .container_stats(id)
         .await
         .with_context(|| format!("ContainerStats {id}"))?;
-    client
+    agent
         .delete_container(id, false)
         .await
         .with_context(|| format!("DeleteContainer {id}"))?;
-    Ok((status, out, (sample.version, sample.stats)))
+    Ok((exit, out, sample))
 }
 
-/// Everything the process writes, until its output ends.
-async fn output(client: &AgentClient, process: &ProcessRef) -> anyhow::Result<String> {
-    let mut reader = client
+/// The process's stdout and stderr, interleaved as they came.
+async fn output(agent: &AgentClient, process: &ProcessRef) -> anyhow::Result<String> {
+    let mut reader = agent
         .read_output(process)
         .await
         .with_context(|| format!("ReadOutput {process}"))?;
     let mut out = Vec::new();
+    // The client bounds opening the stream, not reading it.
     let collect = async {
         while let Some(chunk) = reader.next().await? {
             out.extend(chunk.data);
