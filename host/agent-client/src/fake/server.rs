@@ -2,14 +2,14 @@
 //! hang, stopped), then reads or changes the fake guest.
 
 use std::collections::VecDeque;
+use std::ops::DerefMut;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use husk_proto::agent::v1 as pb;
 use husk_proto::agent::v1::agent_server::Agent;
 use oci_spec::runtime::{LinuxResources, Process, Spec};
-use tokio::sync::{mpsc, watch, OwnedMutexGuard};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -80,22 +80,11 @@ impl FakeService {
         Ok(())
     }
 
-    /// Forwards `source` until it ends, the reader goes or the server
-    /// stops.
-    fn until_stopped<T: Send + 'static>(
-        &self,
-        source: mpsc::UnboundedReceiver<Result<T, Status>>,
-    ) -> BoxStream<T> {
-        self.forward(
-            Arc::new(tokio::sync::Mutex::new(source))
-                .try_lock_owned()
-                .expect("new"),
-        )
-    }
-
+    /// Forwards `source` (a receiver, or a guard holding one) until it
+    /// ends, the reader goes or the server stops.
     fn forward<T: Send + 'static>(
         &self,
-        mut source: OwnedMutexGuard<mpsc::UnboundedReceiver<Result<T, Status>>>,
+        mut source: impl DerefMut<Target = mpsc::UnboundedReceiver<Result<T, Status>>> + Send + 'static,
     ) -> BoxStream<T> {
         let (sink, out) = mpsc::unbounded_channel();
         let mut stopped = self.stopped.clone();
@@ -301,7 +290,7 @@ impl Agent for FakeService {
         self.gate("Events").await?;
         let (sink, source) = mpsc::unbounded_channel();
         self.agent.guest().subscribers.push(sink);
-        Ok(Response::new(self.until_stopped(source)))
+        Ok(Response::new(self.forward(Box::new(source))))
     }
 
     async fn delete_container(
