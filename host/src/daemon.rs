@@ -8,17 +8,13 @@ use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
-use crate::image::{ImageStore, RegistryOptions};
+use crate::image::ImageStore;
 use crate::runtime::Runtime;
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let images = ImageStore::open(
-        &config.image_dir,
-        RegistryOptions {
-            insecure: config.registry.insecure.clone(),
-        },
-    )
-    .with_context(|| format!("cannot open the image store {}", config.image_dir.display()))?;
+    let registry = config.registry.options()?;
+    let images = ImageStore::open(&config.image_dir, registry)
+        .with_context(|| format!("cannot open the image store {}", config.image_dir.display()))?;
     let socket = config.socket.clone();
     let runtime = Runtime::start(config, Arc::new(images))
         .await

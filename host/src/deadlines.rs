@@ -33,3 +33,14 @@ pub const EXEC_SYNC_DEFAULT: Duration = Duration::from_secs(24 * 3600);
 /// After SIGTERM, open CRI calls (event streams never end by themselves)
 /// get this long before the daemon exits anyway.
 pub const SERVER_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Connecting to a registry (TCP and TLS): a mirror that is down must not
+/// hold up the fall-back to the next endpoint.
+pub const REGISTRY_CONNECT: Duration = Duration::from_secs(10);
+
+/// Silence on an open registry connection (per read, so big layers are
+/// fine).
+pub const REGISTRY_READ: Duration = Duration::from_secs(60);
+
+/// An OAuth2 token exchange with a registry's token service, both requests.
+pub const REGISTRY_TOKEN: Duration = Duration::from_secs(30);

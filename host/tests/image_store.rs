@@ -82,6 +82,7 @@ impl Fixture {
 fn open(dir: &Path, addr: &str) -> ImageStore {
     let options = RegistryOptions {
         insecure: vec![addr.to_string()],
+        ..Default::default()
     };
     ImageStore::open(&dir.join("store"), options).unwrap()
 }

@@ -115,6 +115,27 @@ pub struct TestRegistry {
     child: Child,
     addr: String,
     storage: PathBuf,
+    log: PathBuf,
+    tls: bool,
+}
+
+/// How [`TestRegistry::serve`] serves: over TLS, behind basic auth, or
+/// both. The default is what [`TestRegistry::start`] runs.
+#[derive(Debug, Clone, Default)]
+pub struct Serving {
+    /// The server's certificate chain and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The one user (name, password) allowed in; everyone else gets 401.
+    pub basic_auth: Option<(String, String)>,
+}
+
+/// One line of a registry's access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    /// The path with its query, e.g. `/v2/husk-test/busybox/manifests/multi`.
+    pub path: String,
+    pub status: u16,
 }
 
 impl TestRegistry {
@@ -129,23 +150,67 @@ impl TestRegistry {
     /// Like [`TestRegistry::start`] with the registry program at `binary`
     /// (the rig's L1 host has no dpkg: its payload carries the binary).
     pub fn start_with(binary: &Path, storage_dir: &Path) -> anyhow::Result<TestRegistry> {
+        Self::launch(binary, storage_dir, &Serving::default(), "husk-registry")
+    }
+
+    /// Starts another registry on the storage at `storage_dir` (which may
+    /// be another running registry's [`TestRegistry::storage`]: push there
+    /// over plain HTTP, serve here), served as `serving` says. Its config
+    /// and log files are named after its port, beside the storage.
+    /// Installs docker-registry (and apache2-utils for `htpasswd`) first if
+    /// needed.
+    pub fn serve(storage_dir: &Path, serving: &Serving) -> anyhow::Result<TestRegistry> {
+        debian::ensure_installed(&["docker-registry"])?;
+        if serving.basic_auth.is_some() {
+            debian::ensure_installed(&["apache2-utils"])?;
+        }
+        Self::launch(Path::new(REGISTRY_BINARY), storage_dir, serving, "")
+    }
+
+    /// Writes the config (`<name>.yml`; `husk-registry-<port>` when `name`
+    /// is empty), runs the registry and waits until it answers.
+    fn launch(
+        binary: &Path,
+        storage_dir: &Path,
+        serving: &Serving,
+        name: &str,
+    ) -> anyhow::Result<TestRegistry> {
         fs::create_dir_all(storage_dir)?;
         let storage = storage_dir
             .canonicalize()
             .with_context(|| format!("cannot resolve {}", storage_dir.display()))?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr = format!("127.0.0.1:{port}");
+        let name = match name {
+            "" => format!("husk-registry-{port}"),
+            given => given.to_string(),
+        };
         // No blob descriptor cache: tests corrupt blobs behind its back.
-        let config = format!(
+        let mut config = format!(
             "version: 0.1\n\
              log:\n  level: warn\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
              http:\n  addr: {addr}\n",
             storage.display()
         );
-        let config_path = storage.join("husk-registry.yml");
+        if let Some((cert, key)) = &serving.tls {
+            config.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            ));
+        }
+        if let Some((user, password)) = &serving.basic_auth {
+            let htpasswd = storage.join(format!("{name}.htpasswd"));
+            fs::write(&htpasswd, htpasswd_line(user, password)?)?;
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: husk-test\n    path: {}\n",
+                htpasswd.display()
+            ));
+        }
+        let config_path = storage.join(format!("{name}.yml"));
         fs::write(&config_path, config)?;
-        let log_path = storage.join("husk-registry.log");
+        let log_path = storage.join(format!("{name}.log"));
         let log = fs::File::create(&log_path)?;
         let child = Command::new(binary)
             .arg("serve")
@@ -159,8 +224,13 @@ impl TestRegistry {
             child,
             addr,
             storage,
+            log: log_path,
+            tls: serving.tls.is_some(),
         };
-        registry.wait_ready(&log_path)?;
+        // A plain request to a TLS port gets a 400, without credentials a
+        // 401: either way the registry is up.
+        let plain = serving.tls.is_none() && serving.basic_auth.is_none();
+        registry.wait_ready(plain)?;
         Ok(registry)
     }
 
@@ -169,9 +239,33 @@ impl TestRegistry {
         &self.addr
     }
 
+    /// `http://127.0.0.1:PORT`, or `https://` when served over TLS.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
     /// The registry's storage root (where tests can tamper with blobs).
     pub fn storage(&self) -> &Path {
         &self.storage
+    }
+
+    /// Every request the registry answered so far, from its access log,
+    /// oldest first.
+    pub fn requests(&self) -> Vec<Request> {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines().filter_map(access_line).collect()
+    }
+
+    /// The status codes this registry answered GET requests (pulls, not
+    /// the pushes that filled it) for paths containing `fragment` with
+    /// (e.g. `/manifests/multi`), oldest first.
+    pub fn get_statuses(&self, fragment: &str) -> Vec<u16> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "GET" && r.path.contains(fragment))
+            .map(|r| r.status)
+            .collect()
     }
 
     /// The file holding blob `digest` (`sha256:<hex>`) in the storage.
@@ -184,20 +278,25 @@ impl TestRegistry {
             .join("data")
     }
 
-    fn wait_ready(&mut self, log: &Path) -> anyhow::Result<()> {
+    fn wait_ready(&mut self, plain: bool) -> anyhow::Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.child.try_wait()? {
-                let text = fs::read_to_string(log).unwrap_or_default();
+                let text = fs::read_to_string(&self.log).unwrap_or_default();
                 bail!("docker-registry exited with {status} before answering:\n{text}");
             }
             if let Ok(line) = get_status_line(&self.addr, "/v2/") {
-                if line.contains(" 200 ") {
+                let up = if plain {
+                    line.contains(" 200 ")
+                } else {
+                    line.starts_with("HTTP/")
+                };
+                if up {
                     return Ok(());
                 }
             }
             if Instant::now() > deadline {
-                let text = fs::read_to_string(log).unwrap_or_default();
+                let text = fs::read_to_string(&self.log).unwrap_or_default();
                 bail!(
                     "docker-registry on {} did not answer in {READY_TIMEOUT:?}:\n{text}",
                     self.addr
@@ -213,6 +312,35 @@ impl Drop for TestRegistry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A bcrypt `user:hash` line, as docker-registry's htpasswd wants it.
+fn htpasswd_line(user: &str, password: &str) -> anyhow::Result<String> {
+    let out = Command::new("htpasswd")
+        .args(["-n", "-b", "-B", user, password])
+        .output()
+        .context("cannot run htpasswd (Debian's apache2-utils)")?;
+    if !out.status.success() {
+        bail!(
+            "htpasswd failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_string() + "\n")
+}
+
+/// An access log line: `127.0.0.1 - - [date] "GET /v2/ HTTP/1.1" 200 2 ...`.
+fn access_line(line: &str) -> Option<Request> {
+    let (_, rest) = line.split_once("] \"")?;
+    let (request, rest) = rest.split_once('"')?;
+    let mut words = request.split(' ');
+    let (method, path) = (words.next()?, words.next()?);
+    let status = rest.split_whitespace().next()?.parse().ok()?;
+    Some(Request {
+        method: method.to_string(),
+        path: path.to_string(),
+        status,
+    })
 }
 
 /// The status line of a plain HTTP/1.0 GET.
@@ -625,4 +753,26 @@ pub async fn push_test_images(addr: &str, busybox: &Path) -> anyhow::Result<Test
         single,
         busybox_layer: busybox_layer.info,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_log_lines_parse() {
+        let line = r#"127.0.0.1 - - [03/Dec/2026:12:04:22 +0000] "GET /v2/a/b/manifests/x HTTP/1.1" 404 91 "" "curl/7.88.1""#;
+        assert_eq!(
+            access_line(line),
+            Some(Request {
+                method: "GET".into(),
+                path: "/v2/a/b/manifests/x".into(),
+                status: 404,
+            })
+        );
+        assert_eq!(
+            access_line(r#"time="x" level=warning msg="No HTTP secret""#),
+            None
+        );
+    }
 }

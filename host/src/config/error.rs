@@ -18,8 +18,10 @@ pub enum ConfigError {
     #[error(transparent)]
     Parse(#[from] toml::de::Error),
     /// A well-formed value the daemon cannot use.
+    /// `field` is written as in the file, e.g.
+    /// `registry.mirrors."registry.k8s.io".endpoints[0]`.
     #[error("{field}: {reason}")]
-    Invalid { field: &'static str, reason: String },
+    Invalid { field: String, reason: String },
     /// Any of the above, found in a file.
     #[error("{path}: {source}")]
     InFile {
@@ -30,9 +32,9 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
-    pub(super) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+    pub(super) fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         Self::Invalid {
-            field,
+            field: field.into(),
             reason: reason.into(),
         }
     }

@@ -15,9 +15,13 @@
 //!
 //! [registry]
 //! insecure = ["127.0.0.1:5000"]
+//!
+//! [registry.mirrors."registry.k8s.io"]
+//! endpoints = ["http://127.0.0.1:5000"]
 //! ```
 
 mod error;
+mod registry;
 mod sizing;
 mod validate;
 
@@ -26,6 +30,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use error::ConfigError;
+pub use registry::{HostConfig, MirrorConfig, RegistryConfig, Secret};
 
 /// The name of the VMM binary looked for beside the daemon's executable.
 const VMM_BINARY: &str = "husk-vmm";
@@ -80,14 +85,6 @@ pub struct VmConfig {
     pub max_memory_mib: u64,
     /// How long a VM may take until its agent answers.
     pub boot_timeout_secs: u64,
-}
-
-/// Image registry access.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RegistryConfig {
-    /// Registries (`host` or `host:port`) reached over plain HTTP.
-    pub insecure: Vec<String>,
 }
 
 impl Default for Config {

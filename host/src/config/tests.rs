@@ -24,6 +24,8 @@ fn an_empty_file_gives_the_defaults() {
     assert_eq!(c.vm.max_memory_mib, 16384);
     assert_eq!(c.vm.boot_timeout_secs, 120);
     assert!(c.registry.insecure.is_empty());
+    assert!(c.registry.mirrors.is_empty());
+    assert!(c.registry.hosts.is_empty());
 }
 
 #[test]
@@ -65,8 +67,12 @@ fn unknown_keys_are_refused() {
     assert!(e.contains("sockett"), "{e}");
     let e = err("[vm]\nmemory = 5");
     assert!(e.contains("memory"), "{e}");
-    let e = err("[registry]\nmirrors = []");
-    assert!(e.contains("mirrors"), "{e}");
+    let e = err("[registry]\nmirror = {}");
+    assert!(e.contains("mirror"), "{e}");
+    let e = err("[registry.mirrors.\"docker.io\"]\nendpoint = \"http://m\"");
+    assert!(e.contains("endpoint"), "{e}");
+    let e = err("[registry.hosts.\"m:5000\"]\ninsecure = true");
+    assert!(e.contains("insecure"), "{e}");
 }
 
 #[test]
@@ -215,4 +221,199 @@ fn vcpu_sizing() {
     assert_eq!(c.vm_vcpus(1, 100_000), 1);
     assert_eq!(c.vm_vcpus(10_000_000, 100_000), 8);
     assert_eq!(c.vm_vcpus(i64::MAX, 1), 8);
+}
+
+/// A self-signed CA certificate (PEM) in `dir`.
+fn ca_file(dir: &Path) -> PathBuf {
+    let cert = rcgen::generate_simple_self_signed(vec!["husk test ca".to_string()]).unwrap();
+    let path = dir.join("ca.pem");
+    std::fs::write(&path, cert.cert.pem()).unwrap();
+    path
+}
+
+#[test]
+fn mirrors_and_hosts_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_file(dir.path());
+    let c = Config::from_toml(&format!(
+        r#"
+        [registry]
+        insecure = ["127.0.0.1:5000"]
+        [registry.mirrors."registry.k8s.io"]
+        endpoints = ["http://127.0.0.1:5001", "https://mirror.example:8443/"]
+        [registry.mirrors."docker.io"]
+        endpoints = ["http://127.0.0.1:5002"]
+        skip_upstream = true
+        [registry.hosts."mirror.example:8443"]
+        ca_file = {ca:?}
+        username = "puller"
+        password = "hunter2"
+        [registry.hosts."registry.k8s.io"]
+        token = "t0ken"
+        skip_verify = true
+        "#
+    ))
+    .unwrap();
+    let o = c.registry.options().unwrap();
+    assert_eq!(o.insecure, ["127.0.0.1:5000"]);
+    let k8s = &o.mirrors["registry.k8s.io"];
+    let shown: Vec<String> = k8s.endpoints.iter().map(|e| e.to_string()).collect();
+    assert_eq!(
+        shown,
+        ["http://127.0.0.1:5001", "https://mirror.example:8443"]
+    );
+    assert!(!k8s.skip_upstream);
+    assert!(o.mirrors["docker.io"].skip_upstream);
+    let mirror = &o.hosts["mirror.example:8443"];
+    assert_eq!(mirror.tls.ca_file.as_deref(), Some(ca.as_path()));
+    assert!(!mirror.tls.skip_verify);
+    assert!(matches!(
+        &mirror.auth,
+        crate::image::RegistryAuth::Basic { username, password }
+            if username == "puller" && password == "hunter2"
+    ));
+    let k8s = &o.hosts["registry.k8s.io"];
+    assert!(k8s.tls.skip_verify);
+    assert!(matches!(&k8s.auth, crate::image::RegistryAuth::Bearer(t) if t == "t0ken"));
+    // Secrets stay out of Debug output (the daemon logs its config).
+    let shown = format!("{c:?} {o:?}");
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("t0ken"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn mirror_endpoints_are_checked_naming_the_entry() {
+    let mirror = |endpoints: &str| {
+        err(&format!(
+            "[registry.mirrors.\"registry.k8s.io\"]\nendpoints = {endpoints}"
+        ))
+    };
+    let e = mirror(r#"["http://127.0.0.1:5000", "ftp://mirror"]"#);
+    assert_eq!(
+        e,
+        r#"registry.mirrors."registry.k8s.io".endpoints[1]: "ftp://mirror": the scheme must be http or https"#
+    );
+    for bad in [
+        "127.0.0.1:5000",
+        "http://mirror/v2",
+        "http://mirror?x",
+        "http://user:pw@mirror",
+        "https://mirror:0",
+        "http://",
+    ] {
+        let e = mirror(&format!("[{bad:?}]"));
+        assert!(
+            e.starts_with(r#"registry.mirrors."registry.k8s.io".endpoints[0]: "#),
+            "{bad}: {e}"
+        );
+    }
+    let e = mirror("[]");
+    assert!(
+        e.starts_with(r#"registry.mirrors."registry.k8s.io".endpoints: must list"#),
+        "{e}"
+    );
+    let e = mirror(r#"["http://m:5000", "http://m:5000/"]"#);
+    assert!(
+        e.contains("endpoints[1]") && e.contains("listed twice"),
+        "{e}"
+    );
+    let e = err("[registry.mirrors.\"http://registry.k8s.io\"]\nendpoints = [\"http://m\"]");
+    assert!(
+        e.starts_with(
+            r#"registry.mirrors."http://registry.k8s.io": "http://registry.k8s.io" is not"#
+        ),
+        "{e}"
+    );
+    // A bare key stays bare.
+    let e = err("[registry.mirrors.localhost]\nendpoints = []");
+    assert!(
+        e.starts_with("registry.mirrors.localhost.endpoints:"),
+        "{e}"
+    );
+}
+
+#[test]
+fn host_settings_are_checked_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca_file(dir.path());
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    let key = dir.path().join("key.pem");
+    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
+    let missing = dir.path().join("missing.pem");
+    let host = |body: &str| err(&format!("[registry.hosts.\"m.example:8443\"]\n{body}"));
+    let at = |field: &str| format!(r#"registry.hosts."m.example:8443".{field}: "#);
+    for (body, field, says) in [
+        (
+            "ca_file = \"ca.pem\"".to_string(),
+            "ca_file",
+            "not an absolute path",
+        ),
+        (format!("ca_file = {missing:?}"), "ca_file", "cannot read"),
+        (
+            format!("ca_file = {:?}", dir.path()),
+            "ca_file",
+            "is not a file",
+        ),
+        (
+            format!("ca_file = {not_pem:?}"),
+            "ca_file",
+            "no PEM certificate",
+        ),
+        (format!("cert_file = {ca:?}"), "key_file", "missing"),
+        (format!("key_file = {key:?}"), "cert_file", "missing"),
+        (
+            format!("cert_file = {ca:?}\nkey_file = {key:?}"),
+            "cert_file",
+            "client certificates are not supported yet",
+        ),
+        ("username = \"u\"".to_string(), "password", "missing"),
+        ("password = \"p\"".to_string(), "username", "missing"),
+        (
+            "username = \"\"\npassword = \"p\"".to_string(),
+            "username",
+            "must not be empty",
+        ),
+        ("token = \"\"".to_string(), "token", "must not be empty"),
+        (
+            "username = \"u\"\npassword = \"p\"\ntoken = \"t\"".to_string(),
+            "token",
+            "not both",
+        ),
+        (
+            "username = \"u\"\ntoken = \"t\"".to_string(),
+            "token",
+            "not both",
+        ),
+    ] {
+        let e = host(&body);
+        assert!(e.starts_with(&at(field)) && e.contains(says), "{body}: {e}");
+    }
+    // A host key is host[:port].
+    let e = err("[registry.hosts.\"https://m.example\"]\nskip_verify = true");
+    assert!(
+        e.starts_with(r#"registry.hosts."https://m.example": "#),
+        "{e}"
+    );
+    // Anonymous with only TLS settings is fine.
+    Config::from_toml(&format!(
+        "[registry.hosts.\"m.example:8443\"]\nca_file = {ca:?}\nskip_verify = true"
+    ))
+    .unwrap();
+}
+
+#[test]
+fn load_checks_the_ca_file_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("husk.toml");
+    let ca = dir.path().join("gone.pem");
+    std::fs::write(
+        &path,
+        format!("[registry.hosts.\"m:5000\"]\nca_file = {ca:?}\n"),
+    )
+    .unwrap();
+    let e = Config::load(&path).unwrap_err().to_string();
+    assert!(e.contains(r#"registry.hosts."m:5000".ca_file"#), "{e}");
 }

@@ -33,9 +33,7 @@ impl Config {
             check_handler(handler)?;
         }
         self.check_vm()?;
-        for entry in &self.registry.insecure {
-            check_registry(entry)?;
-        }
+        self.registry.options()?;
         Ok(())
     }
 
@@ -143,51 +141,4 @@ fn check_handler(handler: &str) -> Result<(), ConfigError> {
             format!("{handler:?} is not a handler name of [a-z0-9-.]"),
         ))
     }
-}
-
-/// `host` or `host:port`, where host is a DNS name, an IPv4 address or a
-/// bracketed IPv6 address: no scheme, no path.
-fn check_registry(entry: &str) -> Result<(), ConfigError> {
-    let bad = |why: &str| {
-        Err(ConfigError::invalid(
-            "registry.insecure",
-            format!("{entry:?} {why}"),
-        ))
-    };
-    let port = if let Some(rest) = entry.strip_prefix('[') {
-        let Some((v6, after)) = rest.split_once(']') else {
-            return bad("has no closing ']'");
-        };
-        if v6.parse::<std::net::Ipv6Addr>().is_err() {
-            return bad("is not a valid [IPv6] address");
-        }
-        match after {
-            "" => None,
-            _ => match after.strip_prefix(':') {
-                Some(port) => Some(port),
-                None => return bad("is not host[:port]"),
-            },
-        }
-    } else {
-        let (host, port) = match entry.split_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (entry, None),
-        };
-        let label_ok = |l: &str| {
-            !l.is_empty()
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        };
-        if host.is_empty() || !host.split('.').all(label_ok) {
-            return bad("is not host[:port] (no scheme or path; host a DNS name or address)");
-        }
-        port
-    };
-    if let Some(port) = port {
-        if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
-            return bad("has a port outside 1-65535");
-        }
-    }
-    Ok(())
 }

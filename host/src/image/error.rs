@@ -3,6 +3,7 @@
 
 use std::io;
 
+use super::token::TokenError;
 use super::unpack::UnpackError;
 
 /// What kind of failure an [`ImageError`] is, for the CRI server to pick a
@@ -91,6 +92,96 @@ pub enum ImageError {
     /// The persisted index cannot be read or written.
     #[error("image index {path}: {detail}")]
     Index { path: String, detail: String },
+    /// A client for an endpoint cannot be set up from its host's settings
+    /// (`ca_file` unreadable or not PEM, TLS set-up).
+    #[error("cannot set up {endpoint}: {detail}")]
+    EndpointSetup { endpoint: String, detail: String },
+    /// An identity (refresh) token could not be exchanged for an access
+    /// token.
+    #[error("cannot exchange the identity token for {reference} at {endpoint}: {source}")]
+    Token {
+        reference: String,
+        endpoint: String,
+        #[source]
+        source: TokenError,
+    },
+    /// Every endpoint of a pull with mirrors failed; each failure is kept,
+    /// in the order the endpoints were tried.
+    #[error(
+        "cannot pull {reference} from any endpoint: {}{}",
+        list(failures),
+        skipped(skipped_upstream)
+    )]
+    AllEndpointsFailed {
+        reference: String,
+        failures: Vec<EndpointFailure>,
+        /// The upstream host `skip_upstream` left out, if any.
+        skipped_upstream: Option<String>,
+    },
+}
+
+/// How one endpoint of a pull failed.
+#[derive(Debug)]
+pub struct EndpointFailure {
+    /// The endpoint as shown, e.g. `http://127.0.0.1:5000 (mirror)`.
+    pub endpoint: String,
+    /// The image's own registry rather than a mirror.
+    pub upstream: bool,
+    pub error: ImageError,
+}
+
+fn list(failures: &[EndpointFailure]) -> String {
+    let parts: Vec<String> = failures
+        .iter()
+        .map(|f| format!("[{}] {}", f.endpoint, f.error))
+        .collect();
+    parts.join("; ")
+}
+
+fn skipped(upstream: &Option<String>) -> String {
+    match upstream {
+        Some(host) => format!("; the upstream {host} is not tried (skip_upstream)"),
+        None => String::new(),
+    }
+}
+
+/// The kind a failed pull with several endpoints reports: the one kind
+/// they all share; else the upstream's own (it is the authority on what
+/// exists and who may pull it; mirrors are caches); else, among mirrors
+/// only, `Unavailable` if any was (a retry may succeed), else the last's.
+fn combined_kind(failures: &[EndpointFailure]) -> ImageErrorKind {
+    let kinds: Vec<ImageErrorKind> = failures.iter().map(|f| f.error.kind()).collect();
+    let Some(&last) = kinds.last() else {
+        return ImageErrorKind::Unavailable;
+    };
+    if kinds.iter().all(|&k| k == last) {
+        return last;
+    }
+    let upstream = failures.iter().rev().find(|f| f.upstream);
+    if let Some(upstream) = upstream {
+        return upstream.error.kind();
+    }
+    if kinds.contains(&ImageErrorKind::Unavailable) {
+        return ImageErrorKind::Unavailable;
+    }
+    last
+}
+
+/// `err` and its causes, each once: reqwest's own message leaves out why
+/// a request failed (refused, TLS: unknown issuer), which is what the
+/// operator needs.
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
 }
 
 impl ImageError {
@@ -108,6 +199,22 @@ impl ImageError {
             Self::Unpack { source, .. } if source.is_local() => K::Internal,
             Self::Unpack { .. } => K::Corrupt,
             Self::Registry { .. } | Self::Io { .. } | Self::Index { .. } => K::Internal,
+            Self::EndpointSetup { .. } => K::Internal,
+            Self::Token { source, .. } => match source.is_refusal() {
+                true => K::Unauthenticated,
+                false => K::Unavailable,
+            },
+            Self::AllEndpointsFailed { failures, .. } => combined_kind(failures),
+        }
+    }
+
+    /// A failure of this node (disk, index), not of the endpoint: trying
+    /// another endpoint would fail the same way.
+    pub(crate) fn is_local(&self) -> bool {
+        match self {
+            Self::Io { .. } | Self::Index { .. } => true,
+            Self::Unpack { source, .. } => source.is_local(),
+            _ => false,
         }
     }
 
@@ -125,7 +232,7 @@ impl ImageError {
     ) -> Self {
         use oci_client::errors::{DigestError, OciDistributionError as E, OciErrorCode as C};
         let reference = reference.to_string();
-        let detail = err.to_string();
+        let detail = chain(&err);
         match err {
             E::AuthenticationFailure(_) | E::UnauthorizedError { .. } => {
                 Self::Unauthenticated { reference, detail }
@@ -182,7 +289,141 @@ impl ImageError {
         }
         Self::Unavailable {
             reference: reference.to_string(),
-            detail: format!("downloading {what}: {err}"),
+            detail: format!("downloading {what}: {}", chain(&err)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(endpoint: &str, error: ImageError) -> EndpointFailure {
+        EndpointFailure {
+            endpoint: endpoint.into(),
+            upstream: endpoint.ends_with("(upstream)"),
+            error,
+        }
+    }
+
+    fn not_found() -> ImageError {
+        ImageError::NotFound {
+            reference: "r".into(),
+            detail: "manifest unknown".into(),
+        }
+    }
+
+    fn unavailable() -> ImageError {
+        ImageError::Unavailable {
+            reference: "r".into(),
+            detail: "connection refused".into(),
+        }
+    }
+
+    fn all(failures: Vec<EndpointFailure>, skipped_upstream: Option<&str>) -> ImageError {
+        ImageError::AllEndpointsFailed {
+            reference: "registry.k8s.io/pause:3.10".into(),
+            failures,
+            skipped_upstream: skipped_upstream.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn every_endpoint_is_named_with_its_failure() {
+        let e = all(
+            vec![
+                failure("http://127.0.0.1:1 (mirror)", unavailable()),
+                failure("https://registry.k8s.io (upstream)", not_found()),
+            ],
+            None,
+        );
+        assert_eq!(
+            e.to_string(),
+            "cannot pull registry.k8s.io/pause:3.10 from any endpoint: \
+             [http://127.0.0.1:1 (mirror)] registry unavailable while pulling r: connection refused; \
+             [https://registry.k8s.io (upstream)] image r not found: manifest unknown"
+        );
+        let e = all(
+            vec![failure("http://m (mirror)", not_found())],
+            Some("registry.k8s.io"),
+        );
+        assert!(
+            e.to_string()
+                .ends_with("; the upstream registry.k8s.io is not tried (skip_upstream)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_combined_kind_is_the_most_meaningful() {
+        use ImageErrorKind as K;
+        let kind = |f: Vec<EndpointFailure>| all(f, None).kind();
+        // All the same: that kind.
+        assert_eq!(
+            kind(vec![
+                failure("a (mirror)", not_found()),
+                failure("b (upstream)", not_found())
+            ]),
+            K::NotFound
+        );
+        // Otherwise the upstream decides.
+        assert_eq!(
+            kind(vec![
+                failure("a (mirror)", unavailable()),
+                failure("b (upstream)", not_found())
+            ]),
+            K::NotFound
+        );
+        assert_eq!(
+            kind(vec![
+                failure("a (mirror)", not_found()),
+                failure("b (upstream)", unavailable())
+            ]),
+            K::Unavailable
+        );
+        // Mirrors only: a retry may help if one was unavailable.
+        assert_eq!(
+            kind(vec![
+                failure("a (mirror)", unavailable()),
+                failure("b (mirror)", not_found())
+            ]),
+            K::Unavailable
+        );
+        let corrupt = ImageError::DigestMismatch {
+            what: "x".into(),
+            expected: "a".into(),
+            actual: "b".into(),
+        };
+        assert_eq!(
+            kind(vec![
+                failure("a (mirror)", corrupt),
+                failure("b (mirror)", not_found())
+            ]),
+            K::NotFound
+        );
+    }
+
+    #[test]
+    fn only_node_failures_are_local() {
+        assert!(ImageError::io("x", io::Error::other("disk full")).is_local());
+        assert!(!not_found().is_local());
+        assert!(!unavailable().is_local());
+    }
+
+    #[test]
+    fn the_chain_names_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("request failed")]
+        struct Outer(#[source] io::Error);
+        let e = Outer(io::Error::other("invalid peer certificate: UnknownIssuer"));
+        assert_eq!(
+            chain(&e),
+            "request failed: invalid peer certificate: UnknownIssuer"
+        );
+        #[derive(Debug, thiserror::Error)]
+        #[error("wrapped: {0}")]
+        struct Repeats(#[source] io::Error);
+        let e = Repeats(io::Error::other("refused"));
+        assert_eq!(chain(&e), "wrapped: refused");
     }
 }

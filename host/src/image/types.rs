@@ -6,12 +6,49 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::endpoints::EndpointUrl;
+
 /// How to reach registries.
 #[derive(Debug, Clone, Default)]
 pub struct RegistryOptions {
     /// `host:port` registries reached over plain HTTP (e.g.
-    /// `127.0.0.1:5000`); every other registry over HTTPS.
+    /// `127.0.0.1:5000`); every other registry over HTTPS. Applies to
+    /// upstreams; a mirror's scheme is part of its URL.
     pub insecure: Vec<String>,
+    /// Upstream host as in image names (`docker.io`, `registry.k8s.io`) →
+    /// the mirrors tried before it.
+    pub mirrors: BTreeMap<String, MirrorOptions>,
+    /// `host[:port]` → its TLS settings and credentials, for mirrors and
+    /// upstreams alike.
+    pub hosts: BTreeMap<String, HostOptions>,
+}
+
+/// The mirrors of one upstream registry.
+#[derive(Debug, Clone, Default)]
+pub struct MirrorOptions {
+    /// Tried in this order, before the upstream.
+    pub endpoints: Vec<EndpointUrl>,
+    /// Never fall back to the upstream itself (air-gapped nodes).
+    pub skip_upstream: bool,
+}
+
+/// Settings of one registry host.
+#[derive(Debug, Clone, Default)]
+pub struct HostOptions {
+    pub tls: TlsOptions,
+    /// Used for a mirror always; for an upstream when the pull carries no
+    /// credentials of its own.
+    pub auth: RegistryAuth,
+}
+
+/// How an HTTPS endpoint's certificate is checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// Extra trusted roots (PEM), besides the node's.
+    pub ca_file: Option<PathBuf>,
+    /// Accept any certificate (self-signed test mirrors): no verification
+    /// at all, hostname included.
+    pub skip_verify: bool,
 }
 
 /// Credentials for one pull (CRI's AuthConfig, already decoded).
@@ -23,23 +60,21 @@ pub enum RegistryAuth {
         username: String,
         password: String,
     },
+    /// A registry (bearer) token, sent as is (CRI `registry_token`).
+    Bearer(String),
+    /// An OAuth2 refresh token (CRI `identity_token`, Docker's
+    /// `identitytoken`), exchanged for a bearer token before the pull.
+    IdentityToken(String),
 }
 
 impl std::fmt::Debug for RegistryAuth {
-    /// Never prints the password: this ends up in logs.
+    /// Never prints a secret: this ends up in logs.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Anonymous => f.write_str("Anonymous"),
             Self::Basic { username, .. } => write!(f, "Basic({username}, ****)"),
-        }
-    }
-}
-
-impl From<RegistryAuth> for oci_client::secrets::RegistryAuth {
-    fn from(auth: RegistryAuth) -> Self {
-        match auth {
-            RegistryAuth::Anonymous => Self::Anonymous,
-            RegistryAuth::Basic { username, password } => Self::Basic(username, password),
+            Self::Bearer(_) => f.write_str("Bearer(****)"),
+            Self::IdentityToken(_) => f.write_str("IdentityToken(****)"),
         }
     }
 }
@@ -80,4 +115,30 @@ pub struct FsUsage {
     pub mountpoint: PathBuf,
     pub used_bytes: u64,
     pub inodes_used: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_prints_a_secret() {
+        for auth in [
+            RegistryAuth::Basic {
+                username: "user".into(),
+                password: "hunter2".into(),
+            },
+            RegistryAuth::Bearer("hunter2".into()),
+            RegistryAuth::IdentityToken("hunter2".into()),
+        ] {
+            let shown = format!("{auth:?}");
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("****"), "{shown}");
+            let host = HostOptions {
+                auth,
+                ..Default::default()
+            };
+            assert!(!format!("{host:?}").contains("hunter2"));
+        }
+    }
 }

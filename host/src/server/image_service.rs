@@ -54,11 +54,20 @@ fn image_name(spec: Option<cri::ImageSpec>) -> Result<String, Status> {
         .ok_or_else(|| Status::invalid_argument("image.image is empty"))
 }
 
-/// CRI credentials: username/password, or `auth` (base64 "user:pass").
+/// CRI credentials, in this order: `registry_token` (a bearer token, used
+/// as is), `identity_token` (an OAuth2 refresh token, exchanged for one;
+/// Docker sets a placeholder username beside it, so it goes first),
+/// username/password, `auth` (base64 "user:pass").
 fn registry_auth(auth: Option<cri::AuthConfig>) -> Result<RegistryAuth, Status> {
     let Some(auth) = auth else {
         return Ok(RegistryAuth::Anonymous);
     };
+    if !auth.registry_token.is_empty() {
+        return Ok(RegistryAuth::Bearer(auth.registry_token));
+    }
+    if !auth.identity_token.is_empty() {
+        return Ok(RegistryAuth::IdentityToken(auth.identity_token));
+    }
     if !auth.username.is_empty() {
         return Ok(RegistryAuth::Basic {
             username: auth.username,
@@ -78,11 +87,6 @@ fn registry_auth(auth: Option<cri::AuthConfig>) -> Result<RegistryAuth, Status> 
             username: username.into(),
             password: password.into(),
         });
-    }
-    if !auth.identity_token.is_empty() || !auth.registry_token.is_empty() {
-        return Err(Status::invalid_argument(
-            "token credentials (identity_token, registry_token) are not supported yet; use username and password",
-        ));
     }
     Ok(RegistryAuth::Anonymous)
 }
@@ -224,5 +228,26 @@ mod tests {
         }))
         .unwrap_err();
         assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn tokens_are_accepted_and_win_over_a_username() {
+        let auth = registry_auth(Some(cri::AuthConfig {
+            registry_token: "bearer-tok".into(),
+            username: "someone".into(),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert!(matches!(auth, RegistryAuth::Bearer(t) if t == "bearer-tok"));
+        let auth = registry_auth(Some(cri::AuthConfig {
+            identity_token: "refresh-tok".into(),
+            username: "<token>".into(),
+            ..Default::default()
+        }))
+        .unwrap();
+        assert!(matches!(&auth, RegistryAuth::IdentityToken(t) if t == "refresh-tok"));
+        assert!(!format!("{auth:?}").contains("refresh-tok"));
+        let auth = registry_auth(Some(cri::AuthConfig::default())).unwrap();
+        assert!(matches!(auth, RegistryAuth::Anonymous));
     }
 }

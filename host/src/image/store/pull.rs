@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use super::layout::{blob_key, layer_key};
 use super::{gc, tags, ImageStore};
 use crate::image::digest::Digest;
-use crate::image::error::ImageError;
+use crate::image::endpoints::{self, Endpoint, Role};
+use crate::image::error::{EndpointFailure, ImageError};
 use crate::image::fsutil;
 use crate::image::index::{self, Record};
 use crate::image::manifest::{self, ConfigBlob, Descriptor, ImageManifest, Manifest};
@@ -49,12 +50,48 @@ impl Drop for Pins<'_> {
 
 impl ImageStore {
     /// Pulls `reference` (linux/amd64 from an index), verifying every
-    /// digest, and records it. Pulling an image already here costs one
-    /// manifest request (to see whether the tag moved).
+    /// digest, and records it under that name. Pulling an image already
+    /// here costs one manifest request (to see whether the tag moved).
+    ///
+    /// The image's registry may have mirrors (see [`endpoints`]): each
+    /// endpoint is tried in turn with the whole pull, until one serves it;
+    /// a mirror is as untrusted as any registry. Blobs one endpoint
+    /// delivered (verified) are kept for the next.
     pub async fn pull(&self, reference: &str, auth: RegistryAuth) -> Result<Image, ImageError> {
         let name = ImageName::parse(reference)?;
-        let registry = Registry::new(&self.options, auth, reference)?;
-        let result = self.pull_name(&name, &registry).await;
+        let route = endpoints::resolve(&self.options, &name.reference, auth);
+        let mut failures = Vec::new();
+        let mut result = None;
+        for endpoint in &route.endpoints {
+            match self.pull_from(&name, endpoint).await {
+                Ok(image) => {
+                    if endpoint.role == Role::Mirror {
+                        tracing::info!(reference = %name, %endpoint, "pulled from a mirror");
+                    }
+                    result = Some(Ok(image));
+                    break;
+                }
+                Err(e) if e.is_local() || route.upstream_only() => {
+                    result = Some(Err(e));
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(reference = %name, %endpoint, %error, "endpoint failed");
+                    failures.push(EndpointFailure {
+                        endpoint: endpoint.to_string(),
+                        upstream: endpoint.role == Role::Upstream,
+                        error,
+                    });
+                }
+            }
+        }
+        let result = result.unwrap_or_else(|| {
+            Err(ImageError::AllEndpointsFailed {
+                reference: name.to_string(),
+                failures,
+                skipped_upstream: route.skipped_upstream.clone(),
+            })
+        });
         if result.is_err() {
             // Leave nothing of a failed pull behind (its pins are gone).
             let garbage = {
@@ -67,6 +104,12 @@ impl ImageStore {
             }
         }
         result
+    }
+
+    /// One attempt: the whole pull from one endpoint.
+    async fn pull_from(&self, name: &ImageName, endpoint: &Endpoint) -> Result<Image, ImageError> {
+        let registry = Registry::connect(endpoint, name).await?;
+        self.pull_name(name, &registry).await
     }
 
     async fn pull_name(&self, name: &ImageName, registry: &Registry) -> Result<Image, ImageError> {
