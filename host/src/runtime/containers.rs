@@ -16,9 +16,9 @@ use super::{io, now_ns, Container, LifecycleKind, Pod, Runtime};
 use crate::deadlines::{CONTAINER_DELETE, CONTAINER_KILL};
 use crate::image::Image;
 use crate::logs::validate_log_path;
-use crate::spec::{self, SpecInput};
+use crate::spec::{self, MountSource, SpecInput, Submount};
 use crate::state::{ContainerRecord, ContainerState, PodState};
-use crate::vm::{bind, unmount_under, Access, VmLayout};
+use crate::vm::{bind, mounts_below, unmount_under, Access, VmLayout};
 
 /// A container config bigger than this is refused (the agent takes at
 /// most 1 MiB of OCI spec).
@@ -166,13 +166,32 @@ impl Runtime {
                     "does not exist or is not absolute",
                 ));
             }
-            let access = if mount.readonly {
-                Access::ReadOnly
-            } else {
-                Access::ReadWrite
+            let access = match (mount.readonly, mount.recursive_read_only) {
+                (false, _) => Access::ReadWrite,
+                (true, false) => Access::ReadOnly,
+                (true, true) => Access::RecursiveReadOnly,
             };
-            bind(source, &layout.container_mount(id, index), access).map_err(mount_err)?;
-            mount_sources.push(VmLayout::container_mount_guest_path(id, index));
+            let target = layout.container_mount(id, index);
+            bind(source, &target, access).map_err(mount_err)?;
+            let submounts = if access == Access::ReadOnly {
+                mounts_below(&target)
+                    .map_err(mount_err)?
+                    .into_iter()
+                    .filter_map(|m| {
+                        let path = m.path.strip_prefix(&target).ok()?.to_owned();
+                        Some(Submount {
+                            path,
+                            read_only: m.read_only,
+                        })
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            mount_sources.push(MountSource {
+                guest_path: VmLayout::container_mount_guest_path(id, index),
+                submounts,
+            });
         }
         let passwd = self.images.read_image_file(image, "etc/passwd");
         let group = self.images.read_image_file(image, "etc/group");

@@ -8,7 +8,7 @@ use k8s_cri::v1::{
 };
 use oci_spec::runtime::Spec;
 
-use super::{build, SpecError, SpecInput};
+use super::{build, MountSource, SpecError, SpecInput};
 use crate::image::ImageConfig;
 use crate::state::SandboxFiles;
 
@@ -28,7 +28,7 @@ pub(super) struct Fixture {
     pub container: ContainerConfig,
     pub image: ImageConfig,
     pub files: SandboxFiles,
-    pub sources: Vec<String>,
+    pub sources: Vec<MountSource>,
     pub passwd: Option<String>,
     pub group: Option<String>,
 }
@@ -101,7 +101,10 @@ impl Fixture {
 
     /// Adds a volume whose guest source is `source`.
     pub fn mount(&mut self, container_path: &str, source: &str) -> &mut Mount {
-        self.sources.push(source.into());
+        self.sources.push(MountSource {
+            guest_path: source.into(),
+            submounts: Vec::new(),
+        });
         self.container.mounts.push(Mount {
             container_path: container_path.into(),
             host_path: format!("/host{source}"),

@@ -48,6 +48,27 @@ const OCI_VERSION: &str = "1.0.2";
 /// containerd's default open-files limit.
 const NOFILE: u64 = 1_048_576;
 
+/// Where a CRI volume appears in the guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MountSource {
+    /// The guest path of the volume's host path.
+    pub guest_path: String,
+    /// Host mounts inside a read-only (not recursively read-only) volume:
+    /// virtio-fs shows the guest no mount there, so each gets a bind of
+    /// its own in the container, or the volume's read-only flag would
+    /// cover it too.
+    pub submounts: Vec<Submount>,
+}
+
+/// A host mount inside a volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submount {
+    /// Relative to the volume's root.
+    pub path: std::path::PathBuf,
+    /// The host mount's own read-only flag (the host enforces it anyway).
+    pub read_only: bool,
+}
+
 /// Everything [`build`] needs about one container.
 #[derive(Debug, Clone, Copy)]
 pub struct SpecInput<'a> {
@@ -57,9 +78,9 @@ pub struct SpecInput<'a> {
     pub image: &'a ImageConfig,
     /// Guest paths of the pod's own files (SetupSandbox wrote them).
     pub sandbox_files: &'a SandboxFiles,
-    /// The guest path of each `container.mounts` entry, same index: where
-    /// the daemon made that host path appear in the VM.
-    pub mount_sources: &'a [String],
+    /// Where the daemon made each `container.mounts` entry appear in the
+    /// VM, same index.
+    pub mount_sources: &'a [MountSource],
     /// The image's `/etc/passwd`, if it has one (user names).
     pub image_passwd: Option<&'a str>,
     /// The image's `/etc/group`, if it has one (group names, a user's

@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use k8s_cri::v1::{LinuxContainerSecurityContext, MountPropagation};
 use oci_spec::runtime::{Mount, MountBuilder};
 
-use super::{SpecError, SpecInput};
+use super::{MountSource, SpecError, SpecInput};
 
 /// `(destination, type, source, options)` of the standard mounts; `/sys`
 /// and `/sys/fs/cgroup` get `ro` or `rw` appended.
@@ -87,10 +87,10 @@ pub(super) fn build(
     let mut shared = false;
     let mut slave = false;
     for (i, m) in cri.iter().enumerate() {
-        let (mount, propagation) = volume(i, m, &input.mount_sources[i])?;
+        let (mounts, propagation) = volume(i, m, &input.mount_sources[i])?;
         shared |= propagation == MountPropagation::PropagationBidirectional;
         slave |= propagation == MountPropagation::PropagationHostToContainer;
-        volumes.push(mount);
+        volumes.extend(mounts);
     }
     let taken = |dest: &str| volumes.iter().any(|v| v.destination() == Path::new(dest));
 
@@ -148,12 +148,13 @@ pub(super) fn build(
 }
 
 /// One CRI volume, bound from where the daemon made its host path appear
-/// in the guest.
+/// in the guest, then a bind for each host mount inside it (see
+/// [`MountSource::submounts`]).
 fn volume(
     i: usize,
     m: &k8s_cri::v1::Mount,
-    source: &str,
-) -> Result<(Mount, MountPropagation), SpecError> {
+    source: &MountSource,
+) -> Result<(Vec<Mount>, MountPropagation), SpecError> {
     let field = |name: &str| format!("mounts[{i}].{name}");
     let dest = Path::new(&m.container_path);
     if m.container_path.contains('\0')
@@ -174,7 +175,7 @@ fn volume(
             "cannot mount over the container's /",
         ));
     }
-    check_absolute(&format!("mount_sources[{i}]"), source)?;
+    check_absolute(&format!("mount_sources[{i}]"), &source.guest_path)?;
     if !m.uid_mappings.is_empty() || !m.gid_mappings.is_empty() {
         return Err(SpecError::unsupported(
             field("uidMappings"),
@@ -209,22 +210,48 @@ fn volume(
             ));
         }
     }
-    let mut options = vec!["rbind".to_string()];
-    options.push(
-        match propagation {
-            MountPropagation::PropagationPrivate => "rprivate",
-            MountPropagation::PropagationHostToContainer => "rslave",
-            MountPropagation::PropagationBidirectional => "rshared",
-        }
-        .to_string(),
-    );
+    let propagation_option = match propagation {
+        MountPropagation::PropagationPrivate => "rprivate",
+        MountPropagation::PropagationHostToContainer => "rslave",
+        MountPropagation::PropagationBidirectional => "rshared",
+    };
+    let mut options = vec!["rbind".to_string(), propagation_option.to_string()];
     options.push(if readonly { "ro" } else { "rw" }.to_string());
     if m.recursive_read_only {
         // The agent makes every submount read-only with mount_setattr.
         options.push("rro".to_string());
     }
-    let mount = mount(&m.container_path, "bind", source, options)?;
-    Ok((mount, propagation))
+    let mut mounts = vec![mount(
+        &m.container_path,
+        "bind",
+        &source.guest_path,
+        options,
+    )?];
+    if readonly && !m.recursive_read_only {
+        for sub in &source.submounts {
+            let relative = &sub.path;
+            if relative.as_os_str().is_empty()
+                || relative.is_absolute()
+                || relative.components().any(|c| c == Component::ParentDir)
+            {
+                return Err(SpecError::invalid(
+                    format!("mount_sources[{i}].submounts"),
+                    format!("{relative:?} is not a relative path without `..` (daemon bug)"),
+                ));
+            }
+            let access = if sub.read_only { "ro" } else { "rw" };
+            let options = vec!["rbind".into(), propagation_option.into(), access.into()];
+            mounts.push(mount(
+                &dest.join(relative).to_string_lossy(),
+                "bind",
+                &Path::new(&source.guest_path)
+                    .join(relative)
+                    .to_string_lossy(),
+                options,
+            )?);
+        }
+    }
+    Ok((mounts, propagation))
 }
 
 fn mount(dest: &str, typ: &str, source: &str, options: Vec<String>) -> Result<Mount, SpecError> {

@@ -28,5 +28,5 @@ pub use handle::{wait_exit, VmHandle, VmProcess};
 pub use husk_vmm::HuskVmm;
 pub use layout::VmLayout;
 pub use logs::{last_lines, vm_logs, TAIL_LINES};
-pub use mounts::{bind, unmount_under, Access, MountError};
+pub use mounts::{bind, mounts_below, unmount_under, Access, MountError, MountPoint};
 pub use vmm_args::VmmArgs;

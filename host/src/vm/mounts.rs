@@ -1,5 +1,10 @@
-//! Read-only bind mounts that put image layers and a container's host
-//! paths into a pod's shared folder, and their removal.
+//! Bind mounts that put image layers and a container's host paths into a
+//! pod's shared folder, the mounts found below them, and their removal.
+//!
+//! The host enforces a volume's read-only flag: the guest is not trusted
+//! to. virtio-fs shows the guest one filesystem, so a host mount inside a
+//! volume is invisible there as a mount; [`mounts_below`] lists them so
+//! the guest can be given a bind of its own for each.
 
 use std::path::{Path, PathBuf};
 
@@ -27,9 +32,21 @@ pub enum MountError {
 /// Whether the guest may write through a bind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
+    /// The bind itself is read-only; mounts inside it keep their own flags
+    /// (the CRI's `readonly` without `recursive_read_only`).
     ReadOnly,
+    /// The bind and every mount inside it are read-only.
+    RecursiveReadOnly,
     /// A CRI mount without `readonly`.
     ReadWrite,
+}
+
+/// A mount point as `/proc/self/mountinfo` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountPoint {
+    pub path: PathBuf,
+    /// `ro` in the mount's own (per-mount) options.
+    pub read_only: bool,
 }
 
 /// Bind-mounts `source` at `target` with `access` (creating the mount point
@@ -64,11 +81,21 @@ pub fn bind(source: &Path, target: &Path, access: Access) -> Result<(), MountErr
         None::<&str>,
     )
     .map_err(bind_err)?;
-    // The read-only flag only takes effect on a remount of the bind.
-    if access == Access::ReadOnly {
+    // The read-only flag only takes effect on a remount, and a remount
+    // changes one mount: the bind's top, or each mount below it too.
+    let points = match access {
+        Access::ReadWrite => Vec::new(),
+        Access::ReadOnly => vec![target.to_owned()],
+        Access::RecursiveReadOnly => {
+            let mut points = vec![target.to_owned()];
+            points.extend(mounts_below(target)?.into_iter().map(|m| m.path));
+            points
+        }
+    };
+    for point in &points {
         mount(
             None::<&str>,
-            target,
+            point,
             None::<&str>,
             MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
             None::<&str>,
@@ -81,10 +108,26 @@ pub fn bind(source: &Path, target: &Path, access: Access) -> Result<(), MountErr
     Ok(())
 }
 
+/// The mounts strictly below `dir`, parents first.
+pub fn mounts_below(dir: &Path) -> Result<Vec<MountPoint>, MountError> {
+    let mut below: Vec<MountPoint> = mount_table()?
+        .into_iter()
+        .filter(|m| m.path != dir && m.path.starts_with(dir))
+        .collect();
+    below.sort_by_key(|m| m.path.components().count());
+    // A path mounted over twice is one mount point; the last mount wins.
+    let mut seen = std::collections::HashSet::new();
+    below.reverse();
+    below.retain(|m| seen.insert(m.path.clone()));
+    below.reverse();
+    Ok(below)
+}
+
 /// Detaches every mount at or below `dir`, deepest first.
 pub fn unmount_under(dir: &Path) -> Result<usize, MountError> {
-    let mut points: Vec<PathBuf> = mount_points()?
+    let mut points: Vec<PathBuf> = mount_table()?
         .into_iter()
+        .map(|m| m.path)
         .filter(|p| p.starts_with(dir))
         .collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -104,17 +147,25 @@ pub fn unmount_under(dir: &Path) -> Result<usize, MountError> {
 }
 
 fn is_mount_point(path: &Path) -> Result<bool, MountError> {
-    Ok(mount_points()?.iter().any(|p| p == path))
+    Ok(mount_table()?.iter().any(|m| m.path == path))
 }
 
-/// Mount points from /proc/self/mountinfo (field 5, octal escapes undone).
-fn mount_points() -> Result<Vec<PathBuf>, MountError> {
+fn mount_table() -> Result<Vec<MountPoint>, MountError> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(MountError::MountInfo)?;
-    Ok(text
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(unescape(field)))
-        .collect())
+    Ok(parse_mountinfo(&text))
+}
+
+/// Mount points from mountinfo text: field 5 (octal escapes undone) and
+/// whether field 6, the per-mount options, holds `ro`.
+fn parse_mountinfo(text: &str) -> Vec<MountPoint> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(' ').skip(4);
+            let path = PathBuf::from(unescape(fields.next()?));
+            let read_only = fields.next()?.split(',').any(|o| o == "ro");
+            Some(MountPoint { path, read_only })
+        })
+        .collect()
 }
 
 fn unescape(field: &str) -> String {
@@ -146,6 +197,26 @@ mod tests {
         assert_eq!(unescape("/plain"), "/plain");
     }
 
+    #[test]
+    fn mountinfo_lines_give_path_and_read_only() {
+        let text = "22 1 0:21 / /sys rw,nosuid,nodev - sysfs sysfs rw\n\
+                    40 22 0:35 / /a\\040b ro,relatime shared:3 - tmpfs none rw\n\
+                    short line\n";
+        assert_eq!(
+            parse_mountinfo(text),
+            [
+                MountPoint {
+                    path: "/sys".into(),
+                    read_only: false
+                },
+                MountPoint {
+                    path: "/a b".into(),
+                    read_only: true
+                },
+            ]
+        );
+    }
+
     /// Runs as root (like CI): a read-only bind refuses writes, and
     /// unmount_under removes nested mounts.
     #[test]
@@ -164,5 +235,45 @@ mod tests {
         assert_eq!(unmount_under(&shared).unwrap(), 1);
         assert!(!target.join("f").exists());
         assert_eq!(unmount_under(&shared).unwrap(), 0);
+    }
+
+    /// Runs as root: a read-only bind leaves a tmpfs inside it writable
+    /// and lists it; a recursively read-only one makes it read-only too.
+    #[test]
+    fn mounts_inside_a_bind_keep_or_lose_write_access() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("volume");
+        let inner = source.join("tmpfs");
+        std::fs::create_dir_all(&inner).unwrap();
+        mount(
+            Some("tmpfs"),
+            &inner,
+            Some("tmpfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let shared = dir.path().join("shared");
+        for (name, access, inner_writable) in [
+            ("ro", Access::ReadOnly, true),
+            ("rro", Access::RecursiveReadOnly, false),
+        ] {
+            let target = shared.join(name);
+            bind(&source, &target, access).unwrap();
+            let top = std::fs::write(target.join("f"), b"x").unwrap_err();
+            assert_eq!(top.raw_os_error(), Some(libc::EROFS), "{name}");
+            let below = std::fs::write(target.join("tmpfs/f"), b"x");
+            assert_eq!(below.is_ok(), inner_writable, "{name}: {below:?}");
+            assert_eq!(
+                mounts_below(&target).unwrap(),
+                [MountPoint {
+                    path: target.join("tmpfs"),
+                    read_only: !inner_writable
+                }],
+                "{name}"
+            );
+        }
+        unmount_under(&shared).unwrap();
+        umount2(&inner, MntFlags::MNT_DETACH).unwrap();
     }
 }

@@ -847,6 +847,7 @@ async fn run_steps(inputs: &Inputs, daemon: &mut Daemon, cri: &mut Cri) -> anyho
         readonly.exit_code != 0 && String::from_utf8_lossy(&readonly.stderr).contains("Read-only"),
         "readonly_rootfs not honored: {readonly:?}"
     );
+    volumes(cri, &pod_a, &pod_a_config, &images.single, &inputs.logs).await?;
     ensure!(
         exec_stdout(cri, &sleeper, &["sh", "-c", "echo $HUSK_E2E"]).await? == "sleeper",
         "env"
@@ -1185,5 +1186,98 @@ async fn run_steps(inputs: &Inputs, daemon: &mut Daemon, cri: &mut Cri) -> anyho
         !listed.iter().any(|i| i.id == index_id) && listed.len() == 2,
         "after RemoveImage: {listed:?}"
     );
+    Ok(())
+}
+
+/// Read-only volumes: the volume refuses writes, a host mount inside it
+/// keeps its own write access unless the mount is recursively read-only
+/// (critest's "non-recursive readonly mounts" and "recursive readonly
+/// mounts"), and a writable volume is written through to the host.
+async fn volumes(
+    cri: &mut Cri,
+    pod: &str,
+    pod_config: &cri::PodSandboxConfig,
+    image: &str,
+    scratch: &std::path::Path,
+) -> anyhow::Result<()> {
+    step("volumes: read-only, recursively read-only, writable; a host mount inside");
+    let host = scratch.join("volume");
+    let inner = host.join("tmpfs");
+    std::fs::create_dir_all(&inner)?;
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&inner)
+        .status()?;
+    ensure!(
+        mounted.success(),
+        "mount a tmpfs at {}: {mounted}",
+        inner.display()
+    );
+    let result = volume_checks(cri, pod, pod_config, image, &host).await;
+    let _ = std::process::Command::new("umount").arg(&inner).status();
+    result
+}
+
+async fn volume_checks(
+    cri: &mut Cri,
+    pod: &str,
+    pod_config: &cri::PodSandboxConfig,
+    image: &str,
+    host: &std::path::Path,
+) -> anyhow::Result<()> {
+    let mut config = shell_container("volumes", image, "while true; do sleep 1; done");
+    for (path, readonly, recursive) in [
+        ("/ro", true, false),
+        ("/rro", true, true),
+        ("/rw", false, false),
+    ] {
+        config.mounts.push(cri::Mount {
+            container_path: path.into(),
+            host_path: host.display().to_string(),
+            readonly,
+            recursive_read_only: recursive,
+            ..Default::default()
+        });
+    }
+    let id = create_and_start(cri, pod, pod_config, config).await?;
+    for (file, writable) in [
+        ("/ro/f", false),
+        ("/ro/tmpfs/ro", true),
+        ("/rro/f", false),
+        ("/rro/tmpfs/rro", false),
+        ("/rw/tmpfs/rw", true),
+    ] {
+        let touched = exec(cri, &id, &["touch", file], 30).await?;
+        let refused = String::from_utf8_lossy(&touched.stderr).contains("Read-only file system");
+        ensure!(
+            if writable {
+                touched.exit_code == 0
+            } else {
+                touched.exit_code != 0 && refused
+            },
+            "touch {file} should {}: {touched:?}",
+            if writable { "work" } else { "fail with EROFS" }
+        );
+    }
+    for (file, present) in [
+        ("tmpfs/ro", true),
+        ("tmpfs/rw", true),
+        ("tmpfs/rro", false),
+        ("f", false),
+    ] {
+        ensure!(
+            host.join(file).exists() == present,
+            "{file} on the host: expected present={present}"
+        );
+    }
+    cri.runtime
+        .stop_container(cri::StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await?;
+    cri.runtime
+        .remove_container(cri::RemoveContainerRequest { container_id: id })
+        .await?;
     Ok(())
 }

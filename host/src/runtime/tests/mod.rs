@@ -57,20 +57,23 @@ impl Harness {
     /// The daemon stops (its runtime is dropped) and starts again over the
     /// same records, folders and VMs.
     pub async fn restart(&mut self) {
-        self.stop_daemon();
+        self.stop_daemon().await;
         self.start_daemon().await;
     }
 
-    /// Drops the runtime as a stopping daemon does. Nothing else may hold
-    /// it: tasks hold it weakly, so its VMs must outlive it untouched.
-    pub fn stop_daemon(&mut self) {
+    /// Drops the runtime as a stopping daemon does. Nothing else may keep
+    /// it: tasks hold it weakly (a task may upgrade for the moment it
+    /// handles an event, so this waits a little), and its VMs must outlive
+    /// it untouched.
+    pub async fn stop_daemon(&mut self) {
         let runtime = self.runtime.take().expect("the daemon runs");
         let weak = Arc::downgrade(&runtime);
         drop(runtime);
-        assert!(
-            weak.upgrade().is_none(),
-            "something still holds the runtime"
-        );
+        let until = std::time::Instant::now() + Duration::from_secs(2);
+        while weak.strong_count() > 0 && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(weak.strong_count(), 0, "something still holds the runtime");
     }
 
     pub async fn start_daemon(&mut self) {

@@ -15,7 +15,7 @@ async fn a_stopping_daemon_leaves_every_vm_running_and_a_restart_reattaches_them
     let mut h = Harness::new().await;
     let pods = [h.pod("a").await, h.pod("b").await, h.pod("c").await];
     let pids: Vec<i32> = pods.iter().map(|p| h.vm(p).pid).collect();
-    h.stop_daemon();
+    h.stop_daemon().await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(h.vms.running_count(), 3, "a daemon stop killed a VM");
     h.start_daemon().await;
@@ -46,7 +46,7 @@ async fn a_restart_reconciles_containers_with_the_agent() {
     let created = h.container(&pod, "created").await;
     let forgotten = h.running(&pod, "forgotten").await;
     let agent = h.vm(&pod).agent;
-    h.stop_daemon();
+    h.stop_daemon().await;
     // While the daemon is down: one exits, one is removed from the guest
     // behind our back, and an unknown one appears.
     agent.exit(&exits, 7);
@@ -88,7 +88,7 @@ async fn a_vm_that_died_while_the_daemon_was_down_leaves_its_pod_not_ready() {
     let alive = h.pod("alive").await;
     let dead = h.pod("dead").await;
     let container = h.running(&dead, "app").await;
-    h.stop_daemon();
+    h.stop_daemon().await;
     h.vm(&dead).crash(crate::vm::VmExit::Signaled {
         signal: libc::SIGKILL,
         core_dumped: false,
@@ -137,7 +137,7 @@ async fn a_pod_that_never_became_ready_has_its_vm_stopped() {
 async fn a_vm_no_record_names_is_killed_and_its_folder_removed() {
     let mut h = Harness::new().await;
     let kept = h.pod("kept").await;
-    h.stop_daemon();
+    h.stop_daemon().await;
     let stray_id = "f".repeat(64);
     let stray = h
         .vms
@@ -155,7 +155,7 @@ async fn an_agent_that_does_not_answer_after_a_restart_gets_its_vm_stopped() {
     let mut h = Harness::new().await;
     let pod = h.pod("web").await;
     let vm = h.vm(&pod);
-    h.stop_daemon();
+    h.stop_daemon().await;
     vm.agent.hang("Health");
     // Short enough for a test: the reattach deadline is 15 s.
     let started = std::time::Instant::now();

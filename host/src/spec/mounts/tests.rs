@@ -2,6 +2,7 @@ use k8s_cri::v1::{IdMapping, ImageSpec, MountPropagation};
 use oci_spec::runtime::{Mount, Spec};
 
 use crate::spec::fixture::Fixture;
+use crate::spec::{MountSource, Submount};
 
 fn mounts(spec: &Spec) -> Vec<Mount> {
     spec.mounts().clone().unwrap()
@@ -201,7 +202,10 @@ fn bad_volumes_are_refused() {
     }
     let mut f = Fixture::new();
     f.mount("/data", "/g/0");
-    f.sources.push("/g/extra".into());
+    f.sources.push(MountSource {
+        guest_path: "/g/extra".into(),
+        submounts: Vec::new(),
+    });
     assert!(f.err().starts_with("mounts: 1 mounts but 2 guest sources"));
     let mut f = Fixture::new();
     f.mount("/data", "/g/0").uid_mappings = vec![IdMapping::default()];
@@ -209,4 +213,62 @@ fn bad_volumes_are_refused() {
     let mut f = Fixture::new();
     f.mount("/data", "/g/0").propagation = 7;
     assert!(f.err().starts_with("mounts[0].propagation: unknown"));
+}
+
+/// A host mount inside a read-only volume gets its own bind with its own
+/// flag; inside a writable or recursively read-only one it needs none.
+#[test]
+fn host_mounts_inside_a_read_only_volume_get_their_own_binds() {
+    let submounts = vec![
+        Submount {
+            path: "tmpfs".into(),
+            read_only: false,
+        },
+        Submount {
+            path: "a/locked".into(),
+            read_only: true,
+        },
+    ];
+    let mut f = Fixture::new();
+    f.mount("/mnt", "/g/0").readonly = true;
+    f.sources[0].submounts = submounts.clone();
+    let tmpfs = find(&f, "/mnt/tmpfs");
+    assert_eq!(
+        tmpfs.source().as_ref().unwrap().to_str(),
+        Some("/g/0/tmpfs")
+    );
+    assert_eq!(options(&tmpfs), ["rbind", "rprivate", "rw"]);
+    assert_eq!(
+        options(&find(&f, "/mnt/a/locked")),
+        ["rbind", "rprivate", "ro"]
+    );
+    let d = destinations(&f);
+    let pos = |p: &str| d.iter().position(|x| x == p).unwrap();
+    assert!(pos("/mnt") < pos("/mnt/tmpfs"));
+
+    for recursive in [false, true] {
+        let mut f = Fixture::new();
+        let m = f.mount("/mnt", "/g/0");
+        m.readonly = recursive;
+        m.recursive_read_only = recursive;
+        f.sources[0].submounts = submounts.clone();
+        assert!(!destinations(&f).iter().any(|d| d.starts_with("/mnt/")));
+    }
+
+    for bad in ["", "/abs", "../up", "a/../../b"] {
+        let mut f = Fixture::new();
+        f.mount("/mnt", "/g/0").readonly = true;
+        f.sources[0] = MountSource {
+            guest_path: "/g/0".into(),
+            submounts: vec![Submount {
+                path: bad.into(),
+                read_only: false,
+            }],
+        };
+        assert!(
+            f.err().starts_with("mount_sources[0].submounts:"),
+            "{bad}: {}",
+            f.err()
+        );
+    }
 }
