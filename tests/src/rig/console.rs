@@ -44,9 +44,37 @@ pub fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// A line of L1's own kernel log (`[  152.712813] watchdog: ...`). It says
+/// nothing about whether the command still runs: a wedged L1 goes on
+/// printing soft-lockup reports, so these lines are not signs of life.
+pub fn is_kernel_log(raw: &str) -> bool {
+    let Some(rest) = raw.strip_prefix('[') else {
+        return false;
+    };
+    let Some((stamp, _)) = rest.split_once("] ") else {
+        return false;
+    };
+    let stamp = stamp.trim_start();
+    !stamp.is_empty()
+        && stamp.contains('.')
+        && stamp.chars().all(|c| c.is_ascii_digit() || c == '.')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_log_lines_are_told_apart() {
+        assert!(is_kernel_log(
+            "[  152.712813] watchdog: BUG: soft lockup - CPU#0 stuck for 26s!"
+        ));
+        assert!(is_kernel_log("[0.000000] Linux version 6.1\r"));
+        assert!(!is_kernel_log("bench: serial pod 3: 2.37s"));
+        assert!(!is_kernel_log("[x] done"));
+        assert!(!is_kernel_log("[] empty"));
+        assert!(!is_kernel_log("[12] no fraction"));
+    }
 
     #[test]
     fn markers_are_recognised_with_serial_line_endings() {

@@ -47,7 +47,7 @@ pub enum RigError {
     )]
     StartupTimeout { waited: Duration, tail: String },
     #[error(
-        "the rig's test host stopped responding: no output, not even its heartbeat, for {silent_for:?} \
+        "the rig's test host stopped responding: no output but its own kernel log, not even its heartbeat, for {silent_for:?} \
          (a hang of software-emulated nested KVM, or of L1); last output:\n{tail}"
     )]
     Unresponsive { silent_for: Duration, tail: String },
@@ -167,6 +167,17 @@ pub struct RigRun {
     pub total: Duration,
 }
 
+impl RigError {
+    /// L1 itself failed (hung, or its kernel panicked), not the command.
+    pub fn is_l1_wedged(&self) -> bool {
+        match self {
+            RigError::StartupTimeout { .. } | RigError::Unresponsive { .. } => true,
+            RigError::NoExitStatus { tail } => tail.contains("Kernel panic"),
+            _ => false,
+        }
+    }
+}
+
 impl RigRun {
     pub fn success(&self) -> bool {
         self.exit_code == 0
@@ -178,13 +189,13 @@ impl RigRun {
 pub fn run(payload: &Payload, command: &str, options: &Options) -> Result<RigRun, RigError> {
     match run_once(payload, command, options) {
         // L1 is software-emulated, nested KVM included, and now and then
-        // it wedges: in early boot (before the command starts), or
-        // while a guest boots (every L1 vCPU silent, heartbeat too).
+        // it wedges: in early boot (before the command starts), while a
+        // guest boots (every L1 vCPU silent, heartbeat too, or soft
+        // lockups in its kernel log), or its kernel panics while a vCPU
+        // thread runs a guest (seen: "stack guard page was hit" in vcpu0).
         // The rig's commands are self-contained and start from a fresh
         // L1, so the run is retried once, loudly; a second hang fails.
-        Err(error @ (RigError::StartupTimeout { .. } | RigError::Unresponsive { .. }))
-            if Mode::detect()? == Mode::Nested =>
-        {
+        Err(error) if error.is_l1_wedged() && Mode::detect()? == Mode::Nested => {
             eprintln!("husk-rig: WARNING: retrying once in a fresh L1 after: {error}");
             run_once(payload, command, options)
         }
@@ -210,4 +221,28 @@ fn scratch_dir(kind: &str) -> Result<PathBuf, RigError> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
+}
+
+#[cfg(test)]
+mod wedge_tests {
+    use super::*;
+
+    #[test]
+    fn only_l1_failures_count_as_wedged() {
+        let tail = |t: &str| t.to_string();
+        assert!(RigError::Unresponsive {
+            silent_for: Duration::from_secs(90),
+            tail: tail("x")
+        }
+        .is_l1_wedged());
+        assert!(RigError::NoExitStatus {
+            tail: tail("[  188.47] Kernel panic - not syncing: corrupted stack end")
+        }
+        .is_l1_wedged());
+        assert!(!RigError::NoExitStatus {
+            tail: tail("bench: serial pod 3")
+        }
+        .is_l1_wedged());
+        assert!(!RigError::HostFailed { tail: tail("x") }.is_l1_wedged());
+    }
 }

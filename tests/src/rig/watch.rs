@@ -7,7 +7,7 @@ use std::process::Child;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::console::{classify, tail, Line, HEARTBEAT_MARKER, START_MARKER};
+use super::console::{classify, is_kernel_log, tail, Line, HEARTBEAT_MARKER, START_MARKER};
 use super::{Mode, Options, RigError, RigRun};
 
 /// Shell text that runs the command file and reports its status; both
@@ -25,8 +25,8 @@ pub fn wrapper() -> String {
     )
 }
 
-/// How often the wrapper prints a heartbeat, and how long a silence means
-/// the test host stopped responding. The heartbeat runs from `/` with its
+/// How often the wrapper prints a heartbeat, and how long a silence (L1's
+/// kernel log aside) means the test host stopped responding. The heartbeat runs from `/` with its
 /// `sleep`s' output discarded, so a leftover `sleep` neither holds the
 /// payload mount busy nor keeps the console pipe open.
 const HEARTBEAT_SECS: u64 = 10;
@@ -73,7 +73,9 @@ pub fn watch(
         let wait = limit.saturating_duration_since(now);
         match rx.recv_timeout(wait) {
             Ok(raw) => {
-                last_line = Instant::now();
+                if !is_kernel_log(&raw) {
+                    last_line = Instant::now();
+                }
                 if !is_noise(&raw) {
                     transcript.push_str(&raw);
                     transcript.push('\n');
