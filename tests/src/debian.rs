@@ -31,6 +31,10 @@ fn apt_update() {
 
 /// Installs every package in `packages` that is not installed yet.
 pub fn ensure_installed(packages: &[&str]) -> anyhow::Result<()> {
+    // Tests of one binary run on parallel threads, and two apt-gets fight
+    // over dpkg's lock: one install at a time per process.
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
     let missing: Vec<&str> = packages
         .iter()
         .copied()
