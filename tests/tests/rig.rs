@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use husk_tests::rig::{self, Mode, Options, Payload, RigError};
+use husk_tests::rig::{self, Collect, Mode, Options, Payload, RigError};
 
 fn options(timeout_secs: u64) -> Options {
     Options {
@@ -13,18 +13,35 @@ fn options(timeout_secs: u64) -> Options {
 }
 
 #[test]
-fn command_output_and_exit_status_come_back() {
+fn command_output_exit_status_and_written_files_come_back() {
     let payload = Payload::new().file(
         concat!(env!("CARGO_MANIFEST_DIR"), "/tests/rig.rs"),
         "data/source.rs",
     );
+    let back = std::env::temp_dir().join(format!("husk-rig-collect-{}", std::process::id()));
+    std::fs::create_dir_all(&back).unwrap();
+    std::fs::write(back.join("stale"), b"from an older run").unwrap();
+    let options = Options {
+        collect: Some(Collect {
+            from: "out/report".into(),
+            to: back.clone(),
+        }),
+        ..options(300)
+    };
     let run = rig::run(
         &payload,
         "echo out-line; echo err-line >&2; head -c 12 \"$HUSK_RIG_DIR/data/source.rs\"; echo; \
-         test -c /dev/kvm && echo kvm-present; exit 7",
-        &options(300),
+         test -c /dev/kvm && echo kvm-present; \
+         mkdir -p \"$HUSK_RIG_DIR/out/report/sub\" && echo written-in-rig > \"$HUSK_RIG_DIR/out/report/sub/r.txt\"; \
+         exit 7",
+        &options,
     )
     .unwrap_or_else(|e| panic!("{e}"));
+    // Collected although the command failed; the old content is replaced.
+    let written = std::fs::read_to_string(back.join("sub/r.txt"));
+    assert!(!back.join("stale").exists());
+    let _ = std::fs::remove_dir_all(&back);
+    assert_eq!(written.unwrap_or_default(), "written-in-rig\n");
     eprintln!("rig mode {:?}, start-up {:?}", run.mode, run.startup);
     assert_eq!(run.exit_code, 7, "output:\n{}", run.output);
     assert!(!run.success());

@@ -105,6 +105,23 @@ impl Payload {
         self
     }
 
+    /// Adds every file below the folder `source` under `dest`, keeping the
+    /// layout (symlinks are not followed or carried).
+    pub fn dir(mut self, source: &Path, dest: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let dest = dest.into();
+        for entry in std::fs::read_dir(source)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let target = dest.join(entry.file_name());
+            if kind.is_dir() {
+                self = self.dir(&entry.path(), target)?;
+            } else if kind.is_file() {
+                self.files.push((entry.path(), target));
+            }
+        }
+        Ok(self)
+    }
+
     /// Copies every file into `dir` (executable bits kept), with the command
     /// and the wrapper that runs it.
     fn materialize(&self, dir: &Path, command: &str) -> Result<(), RigError> {
@@ -139,6 +156,64 @@ pub struct Options {
     pub cpus: u32,
     /// Echo the command's output live to stderr as it arrives.
     pub echo: bool,
+    /// A folder the command writes, copied back to this host afterwards.
+    pub collect: Option<Collect>,
+}
+
+/// A folder the command writes under `$HUSK_RIG_DIR`, copied back to this
+/// host after the run, whatever its outcome (a failed run's reports are the
+/// ones worth reading). A folder the command never made is not an error:
+/// the caller finds `to` missing.
+#[derive(Debug, Clone)]
+pub struct Collect {
+    /// Relative to `$HUSK_RIG_DIR`.
+    pub from: PathBuf,
+    /// Replaced by the folder's copy.
+    pub to: PathBuf,
+}
+
+impl Collect {
+    fn check(&self) -> Result<(), RigError> {
+        let name = self.from.file_name();
+        if self.from.is_absolute()
+            || name.is_none()
+            || self.from.components().any(|c| c.as_os_str() == "..")
+        {
+            return Err(RigError::Setup(anyhow::anyhow!(
+                "collected folder {:?} must be relative and stay inside the payload",
+                self.from
+            )));
+        }
+        Ok(())
+    }
+
+    /// Replaces `to` by a copy of `source` (if it exists).
+    fn take_from(&self, source: &Path) -> Result<(), RigError> {
+        if self.to.exists() {
+            std::fs::remove_dir_all(&self.to)?;
+        }
+        if source.is_dir() {
+            copy_tree(source, &self.to)?;
+        }
+        Ok(())
+    }
+}
+
+/// Copies a folder of plain files and folders (symlinks are skipped: a
+/// report folder has none, and following one could leave the payload).
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
 }
 
 impl Default for Options {
@@ -148,6 +223,7 @@ impl Default for Options {
             memory_mib: 4096,
             cpus: 2,
             echo: true,
+            collect: None,
         }
     }
 }

@@ -11,6 +11,9 @@ pub fn run(payload: &Payload, command: &str, options: &Options) -> Result<RigRun
     crate::debian::ensure_installed(l1::HOST_PACKAGES)?;
     // QEMU's vhost-vsock device needs the host's vhost_vsock module.
     let _ = Command::new("modprobe").arg("vhost_vsock").status();
+    if let Some(collect) = &options.collect {
+        collect.check()?;
+    }
     let dir = super::scratch_dir("native")?;
     payload.materialize(&dir, command)?;
     let child = Command::new("sh")
@@ -23,6 +26,12 @@ pub fn run(payload: &Payload, command: &str, options: &Options) -> Result<RigRun
         .stderr(Stdio::piped())
         .spawn()?;
     let result = watch(child, Mode::Native, command, options);
+    let collected = match &options.collect {
+        Some(collect) => collect.take_from(&dir.join(&collect.from)),
+        None => Ok(()),
+    };
     let _ = std::fs::remove_dir_all(&dir);
-    result
+    let run = result?;
+    collected?;
+    Ok(run)
 }
