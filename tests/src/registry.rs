@@ -150,7 +150,28 @@ impl TestRegistry {
     /// Like [`TestRegistry::start`] with the registry program at `binary`
     /// (the rig's L1 host has no dpkg: its payload carries the binary).
     pub fn start_with(binary: &Path, storage_dir: &Path) -> anyhow::Result<TestRegistry> {
-        Self::launch(binary, storage_dir, &Serving::default(), "husk-registry")
+        Self::launch(
+            binary,
+            storage_dir,
+            None,
+            &Serving::default(),
+            "husk-registry",
+        )
+    }
+
+    /// Like [`TestRegistry::start`], but writes its config and log into
+    /// `state_dir` instead of the storage: for a storage that is shared
+    /// (a cache entry several registries may serve at once) or handed on.
+    pub fn start_at(storage_dir: &Path, state_dir: &Path) -> anyhow::Result<TestRegistry> {
+        debian::ensure_installed(&["docker-registry"])?;
+        let binary = Path::new(REGISTRY_BINARY);
+        Self::launch(
+            binary,
+            storage_dir,
+            Some(state_dir),
+            &Serving::default(),
+            "",
+        )
     }
 
     /// Starts another registry on the storage at `storage_dir` (which may
@@ -164,14 +185,16 @@ impl TestRegistry {
         if serving.basic_auth.is_some() {
             debian::ensure_installed(&["apache2-utils"])?;
         }
-        Self::launch(Path::new(REGISTRY_BINARY), storage_dir, serving, "")
+        Self::launch(Path::new(REGISTRY_BINARY), storage_dir, None, serving, "")
     }
 
     /// Writes the config (`<name>.yml`; `husk-registry-<port>` when `name`
-    /// is empty), runs the registry and waits until it answers.
+    /// is empty) into `state_dir` (default: the storage), runs the registry
+    /// and waits until it answers.
     fn launch(
         binary: &Path,
         storage_dir: &Path,
+        state_dir: Option<&Path>,
         serving: &Serving,
         name: &str,
     ) -> anyhow::Result<TestRegistry> {
@@ -179,6 +202,13 @@ impl TestRegistry {
         let storage = storage_dir
             .canonicalize()
             .with_context(|| format!("cannot resolve {}", storage_dir.display()))?;
+        let state = match state_dir {
+            Some(dir) => {
+                fs::create_dir_all(dir)?;
+                dir.to_path_buf()
+            }
+            None => storage.clone(),
+        };
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let addr = format!("127.0.0.1:{port}");
         let name = match name {
@@ -201,16 +231,16 @@ impl TestRegistry {
             ));
         }
         if let Some((user, password)) = &serving.basic_auth {
-            let htpasswd = storage.join(format!("{name}.htpasswd"));
+            let htpasswd = state.join(format!("{name}.htpasswd"));
             fs::write(&htpasswd, htpasswd_line(user, password)?)?;
             config.push_str(&format!(
                 "auth:\n  htpasswd:\n    realm: husk-test\n    path: {}\n",
                 htpasswd.display()
             ));
         }
-        let config_path = storage.join(format!("{name}.yml"));
+        let config_path = state.join(format!("{name}.yml"));
         fs::write(&config_path, config)?;
-        let log_path = storage.join(format!("{name}.log"));
+        let log_path = state.join(format!("{name}.log"));
         let log = fs::File::create(&log_path)?;
         let child = Command::new(binary)
             .arg("serve")
@@ -419,26 +449,26 @@ pub struct TestImages {
 }
 
 /// A built layer: its tar and the blob pushed for it.
-struct Layer {
-    info: TestLayer,
-    blob: Vec<u8>,
+pub(crate) struct Layer {
+    pub(crate) info: TestLayer,
+    pub(crate) blob: Vec<u8>,
 }
 
 #[derive(Clone, Copy)]
-enum Compress {
+pub(crate) enum Compress {
     Gzip,
     Zstd,
     Plain,
 }
 
-fn sha256(data: &[u8]) -> String {
+pub(crate) fn sha256(data: &[u8]) -> String {
     let hash = Sha256::digest(data);
     let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
 }
 
 impl Layer {
-    fn new(tar: Vec<u8>, compress: Compress) -> anyhow::Result<Layer> {
+    pub(crate) fn new(tar: Vec<u8>, compress: Compress) -> anyhow::Result<Layer> {
         let (blob, media_type) = match compress {
             Compress::Gzip => {
                 let mut gz =
@@ -464,11 +494,11 @@ impl Layer {
     }
 }
 
-/// Builds deterministic tar streams: fixed times, root-owned.
-struct TarBuilder(tar::Builder<Vec<u8>>);
+/// Builds deterministic tar streams: fixed times, root-owned unless told.
+pub(crate) struct TarBuilder(tar::Builder<Vec<u8>>);
 
 impl TarBuilder {
-    fn new() -> TarBuilder {
+    pub(crate) fn new() -> TarBuilder {
         TarBuilder(tar::Builder::new(Vec::new()))
     }
 
@@ -483,25 +513,44 @@ impl TarBuilder {
         h
     }
 
-    fn dir(&mut self, path: &str, mode: u32) -> anyhow::Result<&mut Self> {
+    pub(crate) fn dir(&mut self, path: &str, mode: u32) -> anyhow::Result<&mut Self> {
+        self.dir_owned(path, mode, (0, 0))
+    }
+
+    /// A folder owned by `(uid, gid)`, e.g. a user's home.
+    pub(crate) fn dir_owned(
+        &mut self,
+        path: &str,
+        mode: u32,
+        (uid, gid): (u64, u64),
+    ) -> anyhow::Result<&mut Self> {
         let mut h = Self::header(tar::EntryType::Directory, mode, 0);
+        h.set_uid(uid);
+        h.set_gid(gid);
         self.0.append_data(&mut h, path, std::io::empty())?;
         Ok(self)
     }
 
-    fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> anyhow::Result<&mut Self> {
+    pub(crate) fn file(&mut self, path: &str, mode: u32, data: &[u8]) -> anyhow::Result<&mut Self> {
         let mut h = Self::header(tar::EntryType::Regular, mode, data.len() as u64);
         self.0.append_data(&mut h, path, data)?;
         Ok(self)
     }
 
-    fn symlink(&mut self, path: &str, target: &str) -> anyhow::Result<&mut Self> {
+    pub(crate) fn symlink(&mut self, path: &str, target: &str) -> anyhow::Result<&mut Self> {
         let mut h = Self::header(tar::EntryType::Symlink, 0o777, 0);
         self.0.append_link(&mut h, path, target)?;
         Ok(self)
     }
 
-    fn finish(mut self) -> anyhow::Result<Vec<u8>> {
+    /// A hard link to `target`, a path earlier in the same tar.
+    pub(crate) fn hardlink(&mut self, path: &str, target: &str) -> anyhow::Result<&mut Self> {
+        let mut h = Self::header(tar::EntryType::Link, 0o644, 0);
+        self.0.append_link(&mut h, path, target)?;
+        Ok(self)
+    }
+
+    pub(crate) fn finish(mut self) -> anyhow::Result<Vec<u8>> {
         self.0.finish()?;
         Ok(self.0.into_inner()?)
     }
@@ -561,44 +610,82 @@ fn marker_tar(arch: &str) -> anyhow::Result<Vec<u8>> {
     t.finish()
 }
 
-/// An image config blob.
+/// A test image's config blob.
 fn config(arch: &str, image: &str, layers: &[&Layer]) -> Vec<u8> {
+    let run = json!({
+        "Env": [
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            format!("HUSK_IMAGE={image}")
+        ],
+        "Cmd": ["/bin/sh"],
+        "WorkingDir": "/",
+        "Labels": { "io.husk.test.image": image }
+    });
+    image_config(arch, run, layers)
+}
+
+/// An image config blob for `layers` with `run` (Env, Cmd, User...) as its
+/// `config`, created at a fixed time so equal inputs give equal digests.
+pub(crate) fn image_config(arch: &str, run: Value, layers: &[&Layer]) -> Vec<u8> {
     let diff_ids: Vec<&str> = layers.iter().map(|l| l.info.diff_id.as_str()).collect();
     let value = json!({
         "created": "2023-11-14T22:13:20Z",
         "architecture": arch,
         "os": "linux",
-        "config": {
-            "Env": [
-                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                format!("HUSK_IMAGE={image}")
-            ],
-            "Cmd": ["/bin/sh"],
-            "WorkingDir": "/",
-            "Labels": { "io.husk.test.image": image }
-        },
+        "config": run,
         "rootfs": { "type": "layers", "diff_ids": diff_ids },
     });
     serde_json::to_vec(&value).expect("a JSON value serializes")
 }
 
-fn descriptor(media_type: &str, digest: &str, size: usize) -> Value {
+pub(crate) fn descriptor(media_type: &str, digest: &str, size: usize) -> Value {
     json!({ "mediaType": media_type, "digest": digest, "size": size })
 }
 
-/// Pushes test images through one client.
-struct Pusher {
+/// Pushes images into one repository of a plain-HTTP registry.
+pub(crate) struct Pusher {
     client: Client,
     registry: String,
+    repository: String,
 }
 
 impl Pusher {
+    /// An anonymous client of the registry at `addr` (plain HTTP), pushing
+    /// to `repository`.
+    pub(crate) async fn new(addr: &str, repository: &str) -> Pusher {
+        let client = Client::new(ClientConfig {
+            protocol: ClientProtocol::Http,
+            ..Default::default()
+        });
+        client
+            .store_auth_if_needed(addr, &RegistryAuth::Anonymous)
+            .await;
+        Pusher {
+            client,
+            registry: addr.to_string(),
+            repository: repository.to_string(),
+        }
+    }
+
+    /// The same client, pushing to another repository.
+    pub(crate) fn to_repository(&self, repository: &str) -> Pusher {
+        Pusher {
+            client: self.client.clone(),
+            registry: self.registry.clone(),
+            repository: repository.to_string(),
+        }
+    }
+
     fn reference_by_tag(&self, tag: &str) -> Reference {
-        Reference::with_tag(self.registry.clone(), REPOSITORY.into(), tag.into())
+        Reference::with_tag(self.registry.clone(), self.repository.clone(), tag.into())
     }
 
     fn reference_by_digest(&self, digest: &str) -> Reference {
-        Reference::with_digest(self.registry.clone(), REPOSITORY.into(), digest.into())
+        Reference::with_digest(
+            self.registry.clone(),
+            self.repository.clone(),
+            digest.into(),
+        )
     }
 
     async fn blob(&self, data: &[u8]) -> anyhow::Result<String> {
@@ -631,6 +718,17 @@ impl Pusher {
         Ok(digest)
     }
 
+    /// Pushes a blob unless the repository has it already (a layer shared
+    /// by several images is sent once per repository).
+    async fn blob_once(&self, data: &[u8]) -> anyhow::Result<String> {
+        let digest = sha256(data);
+        let reference = self.reference_by_tag("latest");
+        if self.client.blob_exists(&reference, &digest).await? {
+            return Ok(digest);
+        }
+        self.blob(data).await
+    }
+
     /// Pushes an image's layers, config and manifest, under `tag` or else
     /// by digest; returns the manifest digest, its size, and the config
     /// digest.
@@ -646,6 +744,43 @@ impl Pusher {
         }
         let config = config(arch, name, layers);
         let config_digest = self.blob(&config).await?;
+        let (digest, size) = self.image_manifest(tag, &config, layers).await?;
+        Ok((digest, size, config_digest))
+    }
+
+    /// Pushes an image with a given config blob under each of `tags` (one
+    /// manifest, so one digest for all); returns the manifest's digest.
+    pub(crate) async fn push_image(
+        &self,
+        tags: &[&str],
+        config: &[u8],
+        layers: &[&Layer],
+    ) -> anyhow::Result<String> {
+        for layer in layers {
+            self.blob_once(&layer.blob).await?;
+        }
+        self.blob_once(config).await?;
+        let mut digests = Vec::new();
+        for tag in tags {
+            digests.push(self.image_manifest(Some(tag), config, layers).await?.0);
+        }
+        digests.dedup();
+        match &digests[..] {
+            [digest] => Ok(digest.clone()),
+            _ => bail!("tags {tags:?} got manifests {digests:?}, not one"),
+        }
+    }
+
+    /// Pushes the OCI manifest of `config` and `layers` (whose blobs are
+    /// pushed already) under `tag` or else by digest; returns its digest
+    /// and size.
+    async fn image_manifest(
+        &self,
+        tag: Option<&str>,
+        config: &[u8],
+        layers: &[&Layer],
+    ) -> anyhow::Result<(String, usize)> {
+        let config_digest = sha256(config);
         let manifest = json!({
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -668,7 +803,7 @@ impl Pusher {
                 body,
             )
             .await?;
-        Ok((digest, size, config_digest))
+        Ok((digest, size))
     }
 }
 
@@ -676,16 +811,7 @@ impl Pusher {
 /// to the registry at `addr` (plain HTTP): `husk-test/busybox:multi`,
 /// `:index` and `:single`.
 pub async fn push_test_images(addr: &str, busybox: &Path) -> anyhow::Result<TestImages> {
-    let client = Client::new(ClientConfig {
-        protocol: ClientProtocol::Http,
-        ..Default::default()
-    });
-    let auth = RegistryAuth::Anonymous;
-    client.store_auth_if_needed(addr, &auth).await;
-    let p = Pusher {
-        client,
-        registry: addr.to_string(),
-    };
+    let p = Pusher::new(addr, REPOSITORY).await;
     let busybox_layer = Layer::new(busybox_tar(busybox)?, Compress::Gzip)?;
     let files = Layer::new(husk_files_tar()?, Compress::Zstd)?;
     let whiteouts = Layer::new(whiteout_tar()?, Compress::Plain)?;
