@@ -25,6 +25,7 @@ fn setup(root: &Path, registry: Option<&str>) -> DaemonSetup {
         initramfs: kernel,
         root: root.join("daemon"),
         insecure_registries: registry.map(|r| vec![r.to_string()]).unwrap_or_default(),
+        mirrors: Vec::new(),
         boot_timeout_secs: 30,
     }
 }

@@ -2,8 +2,8 @@
 
 use k8s_cri::v1::{
     Container, ContainerEventResponse, ContainerEventType, ContainerState as CriContainerState,
-    ContainerStatus, ImageSpec, LinuxPodSandboxStatus, Namespace, PodSandbox,
-    PodSandboxNetworkStatus, PodSandboxState, PodSandboxStatus,
+    ContainerStatus, ContainerUser, ImageSpec, LinuxContainerUser, LinuxPodSandboxStatus,
+    Namespace, PodSandbox, PodSandboxNetworkStatus, PodSandboxState, PodSandboxStatus,
 };
 
 use crate::runtime::{LifecycleEvent, LifecycleKind, Runtime};
@@ -89,7 +89,27 @@ pub fn container_status(record: &ContainerRecord) -> ContainerStatus {
                 })
         }),
         image_id: record.image_id.clone(),
-        user: None,
+        user: Some(container_user(&record.process)),
+    }
+}
+
+/// The identity the container's process was started with, as resolved at
+/// CreateContainer (security context, image USER, the image's groups under
+/// the supplemental-groups policy): what kubelet shows in
+/// `status.containerStatuses[].user`.
+fn container_user(process: &oci_spec::runtime::Process) -> ContainerUser {
+    let user = process.user();
+    ContainerUser {
+        linux: Some(LinuxContainerUser {
+            uid: user.uid().into(),
+            gid: user.gid().into(),
+            supplemental_groups: user
+                .additional_gids()
+                .iter()
+                .flatten()
+                .map(|&g| g.into())
+                .collect(),
+        }),
     }
 }
 
@@ -159,4 +179,29 @@ pub fn vm_info(vm: &crate::state::VmRecord) -> serde_json::Value {
         });
     }
     info
+}
+
+#[cfg(test)]
+mod tests {
+    use oci_spec::runtime::{ProcessBuilder, UserBuilder};
+
+    use super::*;
+
+    #[test]
+    fn the_user_is_the_one_the_process_starts_as() {
+        let process = ProcessBuilder::default()
+            .user(
+                UserBuilder::default()
+                    .uid(1000u32)
+                    .gid(1000u32)
+                    .additional_gids(vec![1000u32, 50000, 1234])
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let linux = container_user(&process).linux.unwrap();
+        assert_eq!((linux.uid, linux.gid), (1000, 1000));
+        assert_eq!(linux.supplemental_groups, [1000, 50000, 1234]);
+    }
 }

@@ -370,8 +370,10 @@ impl CriRuntimeService for RuntimeService {
             status: Some(cri::RuntimeStatus { conditions }),
             info: Default::default(),
             runtime_handlers,
+            // Merge and Strict are both honoured (spec/user.rs), and
+            // ContainerStatus reports the resulting identity.
             features: Some(cri::RuntimeFeatures {
-                supplemental_groups_policy: false,
+                supplemental_groups_policy: true,
             }),
         })
     }
