@@ -3,6 +3,7 @@
 mod bench;
 mod cache;
 mod cmd;
+mod critest;
 mod demo;
 mod guest;
 mod initramfs;
@@ -44,6 +45,21 @@ enum Command {
     Demo,
     /// Run every check CI runs: fmt, clippy, unit, integration and rig tests.
     Test,
+    /// cri-tools' CRI conformance suite (critest, from $HUSK_CRITEST or
+    /// ../shared/tools/cri-tools/critest) against husk in the rig; passes
+    /// when exactly the specs in tests/critest/expected-failures.toml fail.
+    /// Prints `critest passed=.. failed=.. skipped=..`.
+    Critest {
+        /// Only the specs matching this regular expression.
+        #[arg(long)]
+        focus: Option<String>,
+        /// Run critest's benchmarks instead and print their medians.
+        #[arg(long)]
+        benchmark: bool,
+        /// Extra critest flags (after `--`).
+        #[arg(last = true)]
+        extra_args: Vec<String>,
+    },
     /// Benchmarks that print figures.
     Bench {
         #[command(subcommand)]
@@ -110,6 +126,15 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Demo => demo::run(),
         Command::Test => test::run(),
+        Command::Critest {
+            focus,
+            benchmark,
+            extra_args,
+        } => critest::run(&critest::Selection {
+            focus,
+            benchmark,
+            extra_args,
+        }),
         Command::Bench {
             which: Bench::Boot { runs },
         } => bench::boot(runs),

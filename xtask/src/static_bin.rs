@@ -48,10 +48,7 @@ pub fn build(package: &str, bin: &str, profile: Profile) -> anyhow::Result<PathB
             // Would take precedence over RUSTFLAGS if inherited.
             .env_remove("CARGO_ENCODED_RUSTFLAGS"),
     )?;
-    let path = target_dir(&cargo)?
-        .join(TARGET)
-        .join(profile.name())
-        .join(bin);
+    let path = target_dir()?.join(TARGET).join(profile.name()).join(bin);
     ensure_static(&path)?;
     Ok(path)
 }
@@ -68,9 +65,10 @@ fn rustflags() -> OsString {
 
 /// The workspace's target directory as cargo resolves it (honours
 /// `CARGO_TARGET_DIR` and `build.target-dir`).
-fn target_dir(cargo: &OsString) -> anyhow::Result<PathBuf> {
+pub fn target_dir() -> anyhow::Result<PathBuf> {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let metadata =
-        cmd::output(Command::new(cargo).args(["metadata", "--format-version", "1", "--no-deps"]))?;
+        cmd::output(Command::new(&cargo).args(["metadata", "--format-version", "1", "--no-deps"]))?;
     let metadata: serde_json::Value =
         serde_json::from_str(&metadata).context("`cargo metadata` printed no JSON")?;
     let dir = metadata["target_directory"]

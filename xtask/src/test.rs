@@ -1,10 +1,11 @@
 //! `cargo xtask test`: everything CI checks, in order of cost: formatting,
 //! lints, then every unit, integration and rig test of the workspace with
-//! the guest image and in-rig programs built and passed to them.
+//! the guest image and in-rig programs built and passed to them, then the
+//! CRI conformance suite (`cargo xtask critest`).
 
 use std::process::Command;
 
-use crate::{cmd, rig};
+use crate::{cmd, critest, rig};
 
 pub fn run() -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -26,5 +27,7 @@ pub fn run() -> anyhow::Result<()> {
     for (name, path) in artifacts.env() {
         test.env(name, path);
     }
-    cmd::run(&mut test)
+    cmd::run(&mut test)?;
+    eprintln!("husk: critest (CRI conformance, in the rig)");
+    critest::run(&critest::Selection::default())
 }

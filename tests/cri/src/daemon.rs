@@ -22,6 +22,9 @@ pub struct DaemonSetup {
     /// Root of the socket, state, images and run folders.
     pub root: PathBuf,
     pub insecure_registries: Vec<String>,
+    /// Upstream registry hosts served only by a mirror endpoint each
+    /// (`skip_upstream`: the rig has no internet).
+    pub mirrors: Vec<(String, String)>,
     pub boot_timeout_secs: u64,
 }
 
@@ -48,7 +51,16 @@ impl DaemonSetup {
             .iter()
             .map(|r| format!("{r:?}"))
             .collect();
-        format!(
+        let mirrors: String = self
+            .mirrors
+            .iter()
+            .map(|(host, endpoint)| {
+                format!(
+                    "\n[registry.mirrors.{host:?}]\nendpoints = [{endpoint:?}]\nskip_upstream = true\n"
+                )
+            })
+            .collect();
+        let base = format!(
             "socket = {socket:?}\nstate_dir = {state:?}\nimage_dir = {images:?}\nrun_dir = {run:?}\n\
              log_level = \"info,husk=debug\"\n\n[vm]\nvmm = {vmm:?}\nkernel = {kernel:?}\n\
              initramfs = {initramfs:?}\nboot_timeout_secs = {timeout}\n\n[registry]\ninsecure = [{insecure}]\n",
@@ -61,7 +73,8 @@ impl DaemonSetup {
             initramfs = self.initramfs,
             timeout = self.boot_timeout_secs,
             insecure = insecure.join(", "),
-        )
+        );
+        base + &mirrors
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod critest;
 pub mod daemon;
 pub mod demo;
 pub mod fixtures;

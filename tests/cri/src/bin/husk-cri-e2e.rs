@@ -46,6 +46,25 @@ enum What {
     },
     /// One pod whose container prints `hello from a husk microVM`.
     Demo,
+    /// cri-tools' critest, its reports written to `--out`.
+    Critest {
+        /// The critest binary.
+        #[arg(long)]
+        critest: PathBuf,
+        /// A docker-registry storage holding the images critest pulls.
+        #[arg(long)]
+        images: PathBuf,
+        /// A registry host those images are mirrored for (repeatable).
+        #[arg(long = "upstream", required = true)]
+        upstream_hosts: Vec<String>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        benchmark: bool,
+        /// Extra critest flags.
+        #[arg(last = true)]
+        extra_args: Vec<String>,
+    },
 }
 
 /// Past this, the run is stuck (a thread blocked in the kernel, where no
@@ -77,6 +96,8 @@ fn main() {
     let limit = match cli.what {
         // Each pod takes seconds even in the nested rig.
         What::Bench { pods, .. } => WATCHDOG + std::time::Duration::from_secs(30 * 2 * pods as u64),
+        // critest's own deadline (--ginkgo.timeout) is 80 minutes.
+        What::Critest { .. } => std::time::Duration::from_secs(85 * 60),
         _ => WATCHDOG,
     };
     watchdog(limit, cli.work.join("daemon").join("husk.log"));
@@ -93,34 +114,74 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let _ = std::process::Command::new("ip")
         .args(["link", "set", "lo", "up"])
         .status();
+    let setup = DaemonSetup {
+        husk: cli.husk,
+        vmm: cli.vmm,
+        kernel: cli.kernel,
+        initramfs: cli.initramfs,
+        root: cli.work.join("daemon"),
+        insecure_registries: Vec::new(),
+        mirrors: Vec::new(),
+        boot_timeout_secs: 300,
+    };
+    match cli.what {
+        What::Critest {
+            critest,
+            images,
+            upstream_hosts,
+            out,
+            benchmark,
+            extra_args,
+        } => {
+            let run = husk_cri_tests::critest::Critest {
+                binary: critest,
+                images,
+                upstream_hosts,
+                out,
+                benchmark,
+                extra_args,
+            };
+            husk_cri_tests::critest::run(setup, &cli.registry, &run).await
+        }
+        what => {
+            let (_registry, inputs) =
+                with_test_images(setup, &cli.registry, &cli.busybox, &cli.work).await?;
+            match what {
+                What::Suite => suite::run(&inputs).await,
+                What::Bench { pods, concurrency } => {
+                    husk_cri_tests::bench::run(&inputs, pods, concurrency).await
+                }
+                _ => husk_cri_tests::demo::run(&inputs).await,
+            }
+        }
+    }
+}
+
+/// The suite's, the benchmark's and the demo's inputs: a local registry
+/// with the busybox test images (serving while the registry is kept).
+async fn with_test_images(
+    setup: DaemonSetup,
+    registry_binary: &std::path::Path,
+    busybox: &std::path::Path,
+    work: &std::path::Path,
+) -> anyhow::Result<(husk_tests::registry::TestRegistry, Inputs)> {
     let registry =
-        husk_tests::registry::TestRegistry::start_with(&cli.registry, &cli.work.join("registry"))
+        husk_tests::registry::TestRegistry::start_with(registry_binary, &work.join("registry"))
             .context("cannot start the local registry")?;
-    let pushed = husk_tests::registry::push_test_images(registry.addr(), &cli.busybox)
+    let pushed = husk_tests::registry::push_test_images(registry.addr(), busybox)
         .await
         .context("cannot push the test images")?;
     let inputs = Inputs {
         daemon: DaemonSetup {
-            husk: cli.husk,
-            vmm: cli.vmm,
-            kernel: cli.kernel,
-            initramfs: cli.initramfs,
-            root: cli.work.join("daemon"),
             insecure_registries: vec![registry.addr().to_string()],
-            boot_timeout_secs: 300,
+            ..setup
         },
         images: TestImageRefs {
             multi: pushed.multi.reference.clone(),
             index: pushed.index.reference.clone(),
             single: pushed.single.reference.clone(),
         },
-        logs: cli.work.join("logs"),
+        logs: work.join("logs"),
     };
-    match cli.what {
-        What::Suite => suite::run(&inputs).await,
-        What::Bench { pods, concurrency } => {
-            husk_cri_tests::bench::run(&inputs, pods, concurrency).await
-        }
-        What::Demo => husk_cri_tests::demo::run(&inputs).await,
-    }
+    Ok((registry, inputs))
 }
