@@ -123,7 +123,7 @@ pub fn run(selection: &Selection) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read {}", report.display()))?;
     let results = critest::parse_report(&json)?;
     if selection.benchmark {
-        return print_benchmarks(&report_dir.join("benchmark"), &Verdict::new(&results, &[]));
+        return print_benchmarks(&report_dir.join("benchmark"), &results);
     }
     let verdict = Verdict::new(&results, &expected);
     print_verdict(&verdict);
@@ -201,7 +201,7 @@ fn print_verdict(verdict: &Verdict) {
 
 /// `critest-bench <file> <operation> median_ms=.. p95_ms=.. samples=..`
 /// for every results file critest wrote.
-fn print_benchmarks(dir: &Path, verdict: &Verdict) -> anyhow::Result<()> {
+fn print_benchmarks(dir: &Path, results: &[critest::SpecResult]) -> anyhow::Result<()> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("no benchmark results in {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -229,8 +229,19 @@ fn print_benchmarks(dir: &Path, verdict: &Verdict) -> anyhow::Result<()> {
             );
         }
     }
+    for spec in results
+        .iter()
+        .filter(|r| matches!(r.state, State::Failed(_)))
+    {
+        let first = spec.message.lines().next().unwrap_or_default();
+        println!("critest-bench FAILED {}: {first}", spec.name);
+    }
+    let verdict = Verdict::new(results, &[]);
     println!("{}", verdict.summary());
     if verdict.failed > 0 {
+        // critest's benchmarks also assert wall-clock bounds (e.g. a pod
+        // created within seconds), which the emulated rig can miss: the
+        // figures above stand, the run still says it failed.
         bail!("{} benchmark specs failed", verdict.failed);
     }
     Ok(())

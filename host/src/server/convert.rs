@@ -4,6 +4,7 @@ use k8s_cri::v1::{
     Container, ContainerEventResponse, ContainerEventType, ContainerState as CriContainerState,
     ContainerStatus, ContainerUser, ImageSpec, LinuxContainerUser, LinuxPodSandboxStatus,
     Namespace, PodSandbox, PodSandboxNetworkStatus, PodSandboxState, PodSandboxStatus,
+    RuntimeHandler, RuntimeHandlerFeatures,
 };
 
 use crate::runtime::{LifecycleEvent, LifecycleKind, Runtime};
@@ -91,6 +92,29 @@ pub fn container_status(record: &ContainerRecord) -> ContainerStatus {
         image_id: record.image_id.clone(),
         user: Some(container_user(&record.process)),
     }
+}
+
+/// The handlers `Status` lists: the default one (the empty name, which
+/// pods without a RuntimeClass get and CRI clients such as critest ask
+/// about) first, then every configured name. Each runs pods the same way,
+/// so all have the same features.
+pub fn runtime_handlers(configured: &[String]) -> Vec<RuntimeHandler> {
+    let features = RuntimeHandlerFeatures {
+        recursive_read_only_mounts: true,
+        user_namespaces: false,
+    };
+    std::iter::once("")
+        .chain(
+            configured
+                .iter()
+                .map(String::as_str)
+                .filter(|n| !n.is_empty()),
+        )
+        .map(|name| RuntimeHandler {
+            name: name.to_string(),
+            features: Some(features),
+        })
+        .collect()
 }
 
 /// The identity the container's process was started with, as resolved at
@@ -186,6 +210,20 @@ mod tests {
     use oci_spec::runtime::{ProcessBuilder, UserBuilder};
 
     use super::*;
+
+    #[test]
+    fn the_default_handler_comes_first_and_once() {
+        let names = |handlers: Vec<RuntimeHandler>| -> Vec<String> {
+            handlers.into_iter().map(|h| h.name).collect()
+        };
+        assert_eq!(
+            names(runtime_handlers(&["husk".into(), "".into()])),
+            ["", "husk"]
+        );
+        let handlers = runtime_handlers(&[]);
+        assert_eq!(names(handlers.clone()), [""]);
+        assert!(handlers[0].features.unwrap().recursive_read_only_mounts);
+    }
 
     #[test]
     fn the_user_is_the_one_the_process_starts_as() {

@@ -353,19 +353,7 @@ impl CriRuntimeService for RuntimeService {
                         .into(),
             },
         ];
-        let runtime_handlers = self
-            .runtime
-            .config()
-            .runtime_handlers
-            .iter()
-            .map(|name| cri::RuntimeHandler {
-                name: name.clone(),
-                features: Some(cri::RuntimeHandlerFeatures {
-                    recursive_read_only_mounts: true,
-                    user_namespaces: false,
-                }),
-            })
-            .collect();
+        let runtime_handlers = convert::runtime_handlers(&self.runtime.config().runtime_handlers);
         ok(cri::StatusResponse {
             status: Some(cri::RuntimeStatus { conditions }),
             info: Default::default(),

@@ -151,7 +151,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 What::Bench { pods, concurrency } => {
                     husk_cri_tests::bench::run(&inputs, pods, concurrency).await
                 }
-                _ => husk_cri_tests::demo::run(&inputs).await,
+                What::Demo => husk_cri_tests::demo::run(&inputs).await,
+                What::Critest { .. } => unreachable!("critest brings its own images"),
             }
         }
     }
