@@ -167,7 +167,13 @@ fn applets(busybox: &Path) -> anyhow::Result<Vec<String>> {
     if !out.status.success() {
         bail!("{} --list failed: {}", busybox.display(), out.status);
     }
-    let text = String::from_utf8(out.stdout).context("busybox --list printed non-UTF-8")?;
+    applet_list(out.stdout)
+}
+
+/// Parses `busybox --list` output: one applet name a line, each usable as
+/// a file name in bin/.
+pub(crate) fn applet_list(stdout: Vec<u8>) -> anyhow::Result<Vec<String>> {
+    let text = String::from_utf8(stdout).context("busybox --list printed non-UTF-8")?;
     let names: Vec<String> = text
         .lines()
         .map(str::trim)

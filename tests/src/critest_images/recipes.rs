@@ -300,19 +300,7 @@ fn applets(busybox: &Path, libc: &Path) -> anyhow::Result<Vec<String>> {
         "busybox --list failed: {}",
         out.status
     );
-    let names: Vec<String> = String::from_utf8(out.stdout)?
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
-    ensure!(
-        names
-            .iter()
-            .all(|n| !n.contains('/') && n != "." && n != ".."),
-        "busybox --list printed an unusable name"
-    );
-    Ok(names)
+    crate::busybox::applet_list(out.stdout)
 }
 
 /// nginx over the base layer: Debian's binary with the libraries it loads
