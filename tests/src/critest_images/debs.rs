@@ -64,42 +64,6 @@ pub(super) fn packages(programs: &[&str]) -> Vec<String> {
     all.into_iter().map(str::to_string).collect()
 }
 
-/// The candidate version of each of `packages`: one `apt-cache policy`
-/// for all (it takes half a second per call, which a warm build would pay
-/// two dozen times), then [`debian::candidate_version`] for any it left
-/// out (which refreshes apt's lists first).
-pub(super) fn candidate_versions(packages: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
-    let out = Command::new("apt-cache")
-        .arg("policy")
-        .args(packages)
-        .output()
-        .context("cannot run apt-cache")?;
-    let mut found = parse_policy(&String::from_utf8_lossy(&out.stdout));
-    found.retain(|p, _| packages.contains(p));
-    for package in packages {
-        if !found.contains_key(package) {
-            found.insert(package.clone(), debian::candidate_version(package)?);
-        }
-    }
-    Ok(found)
-}
-
-/// `package -> candidate` from `apt-cache policy` output for several packages.
-fn parse_policy(text: &str) -> BTreeMap<String, String> {
-    let mut versions = BTreeMap::new();
-    let mut package = None;
-    for line in text.lines() {
-        if !line.starts_with(' ') {
-            package = line.strip_suffix(':').map(str::to_string);
-        } else if let (Some(p), Some(v)) = (&package, line.trim().strip_prefix("Candidate: ")) {
-            if v != "(none)" {
-                versions.insert(p.clone(), v.to_string());
-            }
-        }
-    }
-    versions
-}
-
 fn package_of(soname: &str) -> anyhow::Result<&'static str> {
     SONAME_PACKAGES
         .iter()
@@ -341,27 +305,6 @@ Dynamic section at offset 0x1f5da0 contains 27 entries:
                 needed: vec![],
             }
         );
-    }
-
-    #[test]
-    fn apt_policy_output_parses_per_package() {
-        let text = "busybox:
-  Installed: (none)
-  Candidate: 1:1.35.0-4+deb12u1+b1
-  Version table:
-     1:1.35.0-4+deb12u1+b1 500
-        500 http://deb.debian.org/debian bookworm/main amd64 Packages
-libgone:
-  Installed: (none)
-  Candidate: (none)
-libc6:
-  Installed: 2.36-9+deb12u14
-  Candidate: 2.36-9+deb12u14
-";
-        let versions = parse_policy(text);
-        assert_eq!(versions.len(), 2);
-        assert_eq!(versions["busybox"], "1:1.35.0-4+deb12u1+b1");
-        assert_eq!(versions["libc6"], "2.36-9+deb12u14");
     }
 
     #[test]

@@ -117,7 +117,7 @@ pub fn build() -> anyhow::Result<CritestImages> {
 
 /// The candidate version of every package an image may take files from.
 fn package_versions() -> anyhow::Result<BTreeMap<String, String>> {
-    debs::candidate_versions(&debs::packages(recipes::PROGRAM_PACKAGES))
+    debian::candidate_versions(&debs::packages(recipes::PROGRAM_PACKAGES))
 }
 
 fn cache_key(toolchain: &str, versions: &BTreeMap<String, String>) -> String {
